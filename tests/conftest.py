@@ -1,0 +1,38 @@
+"""Shared fixtures. Models are loaded from the kit's cache (`python -m kit prepare`)."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled SmolLM2 tokenizer (shared; do not modify)."""
+    from kit.models import load_model
+    return load_model("tiny-llama")[1]
+
+
+@pytest.fixture
+def tiny():
+    """A fresh random tiny-llama (3.3M parameters) and its tokenizer, per test."""
+    from kit.models import load_model
+    return load_model("tiny-llama")
+
+
+@pytest.fixture
+def bundled():
+    """A fresh SmolLM2-135M-Instruct in fp32 (about 3 s to load), per test."""
+    from kit.models import load_model
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def bundled_shared():
+    """One SmolLM2-135M-Instruct for the whole session: read-only use (evaluation)."""
+    from kit.models import load_model
+    return load_model("smollm2-135m")
