@@ -172,7 +172,8 @@ def _linear_names(model: nn.Module) -> list[str]:
     return [
         name
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name.rpartition(".")[0] not in wrapped
+        # name "" is the model itself: a bare Linear cannot be swapped in place
+        if name and isinstance(m, nn.Linear) and name.rpartition(".")[0] not in wrapped
     ]
 
 
@@ -181,7 +182,13 @@ def _select_targets(model: nn.Module, targets: Union[str, Sequence[str]]) -> lis
     linear = _linear_names(model)
     if targets == "all-linear":
         # like peft: every Linear except the output head (it maps to the vocabulary)
-        return [n for n in linear if n.rpartition(".")[2] != "lm_head"]
+        names = [n for n in linear if n.rpartition(".")[2] != "lm_head"]
+        if not names:
+            raise ValueError(
+                "targets='all-linear' found no nn.Linear to adapt (lm_head is skipped). "
+                "To adapt a single layer, wrap it directly: LoRALinear(layer, r=8, alpha=16)."
+            )
+        return names
 
     if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
         raise ValueError(

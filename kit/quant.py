@@ -125,7 +125,8 @@ _CODEBOOKS = {"nf4": nf4_codebook, "fp4": fp4_codebook}
 class QuantizedTensor:
     """Integer codes plus the per-group constants needed to dequantize.
 
-    codes:  (n_groups, group_size) uint8 level indices (last group zero-padded)
+    codes:  (n_groups, group_size) uint8 level indices, last group zero-padded
+            (int-k stores q + qmax so that codes are >= 0)
     absmax: (n_groups,) fp32 for symmetric kinds (None if double-quantized)
     scale, zero_point: (n_groups,) for the zero-point kind
     absmax_q, absmax_offset: the 8-bit double-quantized absmax and its mean
@@ -248,7 +249,12 @@ def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def _absmax_quantize(groups: torch.Tensor, family: str, bits: int, kind: str):
-    """Symmetric quantization: scale each group by its absmax into [-1, 1]."""
+    """Symmetric quantization: scale each group by its absmax into [-1, 1].
+
+    codebook (nf4, fp4): code = index of the nearest level, x_hat = level[code] * absmax
+    int-k:  q = round(x / absmax * qmax), qmax = 2**(k-1) - 1 (127 for int8),
+            x_hat = q * absmax / qmax
+    """
     absmax = groups.abs().amax(dim=1)                               # (n_groups,)
     # multiply by the reciprocal, as bitsandbytes does, for bit-exact parity
     scaled = groups * (1.0 / absmax.clamp(min=1e-38))[:, None]      # (n_groups, g)
@@ -403,7 +409,7 @@ def fake_quantize_model(
     lm_head is skipped by default. Returns a summary: layers touched,
     parameter count, total bytes, bits/param, and the mean squared error.
     """
-    _check_kind_bits(kind, bits)
+    bits = _check_kind_bits(kind, bits)
     layers = _target_linears(model, targets)
     n_params, n_bytes, sq_err = 0, 0, 0.0
     for _, layer in layers:
@@ -416,7 +422,7 @@ def fake_quantize_model(
         w.copy_(w_hat)
     return {
         "kind": kind,
-        "bits": _check_kind_bits(kind, bits),
+        "bits": bits,
         "layers": [n for n, _ in layers],
         "params": n_params,
         "nbytes": n_bytes,

@@ -1,0 +1,464 @@
+"""Data for fine-tuning: synthetic tasks, your own files, chat formatting, batches.
+
+Every example is a pair of strings, `prompt` and `response`. Training sees them through
+the model's chat template:
+
+    <|im_start|>system\\nYou are a helpful AI assistant named SmolLM, ...<|im_end|>\\n
+    <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n      <- labels -100
+    {response}<|im_end|>                                                <- labels = tokens
+
+The loss is computed on the answer only (prompt positions carry the label -100, which
+PyTorch's cross entropy ignores), and the answer ends with the end-of-turn token
+`<|im_end|>` so the model learns to stop. We keep the template's default system prompt
+(about 20 tokens): it is what the base model was tuned with, so base-model scores and
+retention are measured in the setting the model knows.
+
+Tasks (`make_task`):
+  "dates"   normalise a date written in one of six styles to ISO 8601 (YYYY-MM-DD).
+            The base model gets almost none right; a short LoRA run learns it.
+  "extract" pull name, age and current city out of a sentence into a JSON object. Some
+            templates mention a second city (where the person came from) or give the age
+            in words or as "turns 35 next month" (age 34). Harder: a short run gets it
+            partly right, so methods and ranks can differ.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+TASKS = ("dates", "extract")
+OVERFLOW_POLICIES = ("truncate", "drop", "error")
+IGNORE_INDEX = -100  # label value that torch.nn.functional.cross_entropy skips
+
+
+class OverflowWarning(UserWarning):
+    """Examples were truncated or dropped because they exceed max_length."""
+
+
+# =============================================================================== tasks
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def write_date(d: datetime.date, style: str) -> str:
+    """One date in one of DATE_STYLES. Numeric styles state their field order, so every
+    prompt has exactly one right answer; two-digit years ('21) always mean 20xx."""
+    month = MONTHS[d.month - 1]
+    if style == "month_day_year":      # March 5, 2021
+        return f"{month} {d.day}, {d.year}"
+    if style == "day_month_year":      # 5 March 2021
+        return f"{d.day} {month} {d.year}"
+    if style == "us_numeric":          # 3/5/2021 (month/day/year)
+        return f"{d.month}/{d.day}/{d.year} (month/day/year)"
+    if style == "eu_numeric":          # 05.03.2021 (day.month.year)
+        return f"{d.day:02d}.{d.month:02d}.{d.year} (day.month.year)"
+    if style == "short_ordinal":       # Mar 5th, '21
+        return f"{month[:3]} {ordinal(d.day)}, '{d.year % 100:02d}"
+    if style == "ordinal_of":          # the 5th of March, 2021
+        return f"the {ordinal(d.day)} of {month}, {d.year}"
+    raise ValueError(f"style must be one of {DATE_STYLES}; got {style!r}.")
+
+
+DATE_STYLES = ("month_day_year", "day_month_year", "us_numeric", "eu_numeric",
+               "short_ordinal", "ordinal_of")
+DATE_RANGE = (datetime.date(1950, 1, 1), datetime.date(2049, 12, 31))
+SHORT_YEAR_RANGE = (datetime.date(2000, 1, 1), datetime.date(2029, 12, 31))  # for '21
+
+
+def date_example(rng: random.Random) -> tuple[str, str]:
+    """A random date in a random style -> (prompt, "YYYY-MM-DD")."""
+    style = rng.choice(DATE_STYLES)
+    lo, hi = SHORT_YEAR_RANGE if style == "short_ordinal" else DATE_RANGE
+    d = datetime.date.fromordinal(rng.randint(lo.toordinal(), hi.toordinal()))
+    prompt = f"Convert the date to ISO 8601 (YYYY-MM-DD): {write_date(d, style)}"
+    return prompt, d.isoformat()
+
+
+NAMES = ["Maria", "Ahmed", "Yuki", "Olga", "Carlos", "Priya", "Liam", "Fatima", "Chen",
+         "Sofia", "Kwame", "Elena", "Tomas", "Aisha", "Lars", "Mei", "Diego", "Ingrid",
+         "Ravi", "Nadia", "Jonas", "Amara", "Pedro", "Hana", "Oscar", "Leila", "Mateo",
+         "Zara", "Viktor", "Keiko", "Samuel", "Nora", "Arjun", "Greta", "Emeka", "Lucia",
+         "Felix", "Ines", "Hugo", "Anya", "Tariq", "Clara", "Bruno", "Selin", "Marek",
+         "Rosa", "Kofi", "Ada", "Emil", "Layla", "Pavel", "Julia", "Omar", "Freya",
+         "Nikolai", "Chloe", "Rafael", "Ewa", "Sione", "Mila"]
+CITIES = ["Lisbon", "Porto", "Madrid", "Paris", "Berlin", "Vienna", "Prague", "Warsaw",
+          "Oslo", "Helsinki", "Dublin", "Edinburgh", "Rome", "Milan", "Athens", "Cairo",
+          "Nairobi", "Lagos", "Accra", "Tokyo", "Osaka", "Seoul", "Mumbai", "Delhi",
+          "Bangkok", "Hanoi", "Manila", "Sydney", "Auckland", "Toronto", "Chicago",
+          "Denver", "Boston", "Seattle", "Lima", "Santiago", "Bogota", "Havana",
+          "Istanbul", "Tbilisi", "Kyiv", "Riga", "Tallinn", "Zurich", "Geneva", "Lyon",
+          "Marseille", "Hamburg", "Munich", "Krakow", "Budapest", "New York", "Los Angeles",
+          "Mexico City", "Buenos Aires", "Cape Town", "Kuala Lumpur", "Hong Kong",
+          "San Francisco", "Rio de Janeiro"]
+ONES = ["", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def number_words(n: int) -> str:
+    """20 <= n <= 99 in words: 34 -> 'thirty-four'."""
+    if not 20 <= n <= 99:
+        raise ValueError(f"n must be in 20..99; got {n}.")
+    return TENS[n // 10] + ("-" + ONES[n % 10] if n % 10 else "")
+
+
+# Sentence templates: {n} name, {a} age as written, {c} current city, {o} another city,
+# {a1} next year's age. The answer's city is always {c}, the age always the true age.
+EXTRACT_TEMPLATES = [
+    "{n}, {a}, moved to {c} last year.",
+    "{n} is {a} years old and lives in {c}.",
+    "At {a}, {n} left {o} for {c}.",
+    "{c} has been {n}'s home for years; {n} is {a}.",
+    "Born in {o}, {n} now lives in {c} and is {a}.",
+    "The {a}-year-old {n} runs a small bakery in {c}.",
+    "Meet {n}: {a} years old, based in {c}.",
+    "{n} ({a}) works in {c} but grew up in {o}.",
+    "After years in {o}, {n} settled in {c} at the age of {a}.",
+    "{n} turns {a1} next month; the party will be in {c}, where {n} lives.",
+    "Residents of {c} know {n}, aged {a}, as the best chess player in town.",
+    "Hi, I'm {n}! I'm {a} and I just moved from {o} to {c}.",
+    "Name: {n}. Hometown: {o}. Current city: {c}. Age: {a}.",
+    "{n}, who is {a}, flew from {o} back home to {c} on Sunday.",
+]
+
+
+def extract_answer(name: str, age: int, city: str) -> str:
+    """The target JSON, keys in a fixed order: {"name": ..., "age": <int>, "city": ...}."""
+    return json.dumps({"name": name, "age": age, "city": city})
+
+
+def extract_example(rng: random.Random) -> tuple[str, str]:
+    """A random sentence about a person -> (prompt, JSON answer)."""
+    template = rng.choice(EXTRACT_TEMPLATES)
+    name = rng.choice(NAMES)
+    city, other = rng.sample(CITIES, 2)
+    age = rng.randint(20, 88)
+    in_words = rng.random() < 0.3
+    written = number_words(age) if in_words else str(age)
+    next_year = number_words(age + 1) if in_words else str(age + 1)
+    sentence = template.format(n=name, a=written, c=city, o=other, a1=next_year)
+    return f"Extract name, age and city as JSON: {sentence}", extract_answer(name, age, city)
+
+
+EXAMPLE_MAKERS = {"dates": date_example, "extract": extract_example}
+
+
+def make_task(name: str, n_train: int = 400, n_val: int = 50, n_test: int = 100,
+              seed: int = 0):
+    """A synthetic task as a DatasetDict with splits train/validation/test and columns
+    prompt, response. Deterministic under `seed`; no prompt appears in two splits.
+    The test split is drawn first, then validation, then train, so for a given seed the
+    test set does not change when you ask for more (or fewer) training examples."""
+    from datasets import Dataset, DatasetDict
+
+    if name not in EXAMPLE_MAKERS:
+        raise ValueError(f"name must be one of {TASKS}; got {name!r}. "
+                         "For your own data use load_local(...) or load_hub(...).")
+    sizes = {"test": n_test, "validation": n_val, "train": n_train}
+    for split, n in sizes.items():
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n_{'val' if split == 'validation' else split} must be an "
+                             f"integer >= 0; got {n!r}.")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {}
+    for split, n in sizes.items():
+        rows = {"prompt": [], "response": []}
+        tries = 0
+        while len(rows["prompt"]) < n:
+            tries += 1
+            if tries > 50 * (n + 10):
+                raise ValueError(f"Could not draw {n} distinct {name!r} examples; ask for fewer.")
+            prompt, response = EXAMPLE_MAKERS[name](rng)
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            rows["prompt"].append(prompt)
+            rows["response"].append(response)
+        splits[split] = Dataset.from_dict(rows)
+    return DatasetDict(train=splits["train"], validation=splits["validation"],
+                       test=splits["test"])
+
+
+# Short factual questions the base SmolLM2-135M-Instruct answers correctly under greedy
+# decoding (each kept only after checking with kit.evaluate.retention). Fine-tuning that
+# damages general knowledge shows up as a falling share of these.
+RETENTION_PROBE: list[tuple[str, str]] = [
+    ("What is the capital of France?", "Paris"),
+]
+
+
+# =============================================================================== your data
+def _split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int, source: str):
+    """Shuffle rows (seeded) and cut them into train/validation/test."""
+    from datasets import Dataset, DatasetDict
+
+    for label, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(f, (int, float)) or not 0 <= f < 1:
+            raise ValueError(f"{label} must be a number in [0, 1); got {f!r}. Use e.g. 0.1.")
+    if not rows:
+        raise ValueError(f"{source} has no examples (no rows with both a prompt and a "
+                         "response). Check the file and the column names.")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = round(len(rows) * test_fraction)
+    n_val = round(len(rows) * val_fraction)
+    if n_test + n_val >= len(rows):
+        raise ValueError(f"{source} has only {len(rows)} examples: nothing left for training "
+                         f"with val_fraction={val_fraction} and test_fraction={test_fraction}. "
+                         "Use smaller fractions or more data.")
+    cut = {"test": order[:n_test], "validation": order[n_test:n_test + n_val],
+           "train": order[n_test + n_val:]}
+
+    def as_dataset(idx):
+        return Dataset.from_dict({"prompt": [rows[i]["prompt"] for i in idx],
+                                  "response": [rows[i]["response"] for i in idx]})
+
+    return DatasetDict(train=as_dataset(cut["train"]), validation=as_dataset(cut["validation"]),
+                       test=as_dataset(cut["test"]))
+
+
+def _pick_columns(records: list[dict], prompt_column: str, response_column: str,
+                  source: str) -> list[dict]:
+    """Rename the user's columns to prompt/response; skip rows where either is empty."""
+    if not records:
+        raise ValueError(f"{source} is empty. Give a file with at least a few examples.")
+    columns = list(records[0].keys())
+    for label, col in (("prompt_column", prompt_column), ("response_column", response_column)):
+        if col not in columns:
+            raise ValueError(f"{label}={col!r} is not a column of {source}; its columns are "
+                             f"{columns}. Pass {label}='<one of those>'.")
+    rows = []
+    for r in records:
+        p, a = r.get(prompt_column), r.get(response_column)
+        if p is None or a is None or not str(p).strip() or not str(a).strip():
+            continue
+        rows.append({"prompt": str(p), "response": str(a)})
+    return rows
+
+
+def _read_records(path: Path) -> list[dict]:
+    """JSONL (one object per line; a .json file holding a list also works) or CSV/TSV."""
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        return [dict(r) for r in reader]
+    if suffix in (".jsonl", ".json"):
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = []
+            for i, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {i} is not valid JSON ({e.msg}). Each line of "
+                                     "a JSONL file must be one object like "
+                                     '{"prompt": "...", "response": "..."}.') from None
+        if not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{path} must hold JSON objects (one per line), each with a prompt "
+                             "and a response field.")
+        return records
+    raise ValueError(f"path must end in .jsonl, .json, .csv or .tsv; got {path.name!r}. "
+                     "Save your data as JSONL (one JSON object per line) or CSV with a header.")
+
+
+def load_local(path, prompt_column: str = "prompt", response_column: str = "response",
+               val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
+    """Your own examples from a JSONL or CSV file -> DatasetDict(train, validation, test)
+    with columns prompt and response. `prompt_column`/`response_column` name your columns
+    (e.g. prompt_column="question", response_column="answer"). Rows with an empty prompt
+    or response are skipped; the split is a seeded shuffle."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a file. Give the path of a .jsonl or .csv file.")
+    rows = _pick_columns(_read_records(path), prompt_column, response_column, str(path))
+    return _split(rows, val_fraction, test_fraction, seed, str(path))
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(v, "") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+def load_hub(dataset_id: str, prompt_column: str, response_column: str, split: str = "train",
+             config: str | None = None, n: int | None = None, val_fraction: float = 0.1,
+             test_fraction: float = 0.1, seed: int = 0):
+    """A dataset from the Hugging Face hub via `datasets.load_dataset`, mapped to
+    prompt/response and split like `load_local`. Needs the network: offline (no network,
+    or HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) it fails at once with a ValueError.
+    `n` keeps only the first n rows of `split`."""
+    from kit.models import hub_reachable
+
+    if _offline() or not hub_reachable():
+        raise ValueError(
+            f"load_hub({dataset_id!r}) needs the Hugging Face hub, which is not reachable "
+            "(no network, or HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set). Connect to the "
+            "network (and unset those variables), or export the data to a JSONL/CSV file "
+            "and use load_local(path, prompt_column=..., response_column=...).")
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(dataset_id, config, split=split)
+    except Exception as e:  # unknown id, private dataset, bad split ...
+        raise ValueError(f"Could not load {dataset_id!r} (config={config!r}, split={split!r}) "
+                         f"from the hub: {e}. Check the dataset id, config and split names "
+                         "on its hub page.") from e
+    if n is not None:
+        data = data.select(range(min(n, len(data))))
+    records = data.to_list()
+    rows = _pick_columns(records, prompt_column, response_column, f"hub dataset {dataset_id!r}")
+    return _split(rows, val_fraction, test_fraction, seed, f"hub dataset {dataset_id!r}")
+
+
+# =============================================================================== formatting
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model sees it at generation time: chat template, user turn,
+    then the assistant header (`add_generation_prompt=True`). A tokenizer without a
+    chat template gets a plain 'User: ...\\nAssistant: ' format."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    return f"User: {prompt}\nAssistant: "
+
+
+def end_of_turn(tokenizer) -> tuple[str, int]:
+    """The token that closes the assistant's turn: `<|im_end|>` for ChatML models such as
+    SmolLM2 (and Qwen), otherwise the tokenizer's eos token."""
+    token = "<|im_end|>"
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        token, token_id = tokenizer.eos_token, tokenizer.eos_token_id
+    return token, token_id
+
+
+def encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """-> (prompt_ids, answer_ids). The answer is the response's tokens + end-of-turn.
+    Both parts are tokenized separately, exactly as generation sees them."""
+    prompt_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return prompt_ids, answer_ids + [end_of_turn(tokenizer)[1]]
+
+
+def _tokenize_split(ds, tokenizer, max_length: int, overflow: str, split: str):
+    from datasets import Dataset
+
+    for col in ("prompt", "response"):
+        if col not in ds.column_names:
+            raise ValueError(f"The {split} data needs a {col!r} column; it has {ds.column_names}. "
+                             "Use make_task, load_local or load_hub, which produce prompt/response.")
+    new = {"input_ids": [], "attention_mask": [], "labels": []}
+    kept, truncated, dropped = [], 0, 0
+    for i, (prompt, response) in enumerate(zip(ds["prompt"], ds["response"])):
+        prompt_ids, answer_ids = encode_example(tokenizer, prompt, response)
+        length = len(prompt_ids) + len(answer_ids)
+        if length > max_length:
+            if overflow == "error":
+                raise ValueError(
+                    f"Example {i} of {split} has {length} tokens, more than max_length="
+                    f"{max_length}. Raise max_length, shorten the example, or pass "
+                    "overflow='truncate' (cut the prompt's start) or overflow='drop'.")
+            if overflow == "drop" or len(answer_ids) >= max_length:
+                dropped += 1
+                continue
+            prompt_ids = prompt_ids[length - max_length:]  # keep the prompt's end + whole answer
+            truncated += 1
+        kept.append(i)
+        new["input_ids"].append(prompt_ids + answer_ids)                       # (T,)
+        new["attention_mask"].append([1] * (len(prompt_ids) + len(answer_ids)))
+        new["labels"].append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)    # loss on answer
+    if truncated or dropped:
+        warnings.warn(f"{split}: {len(ds)} examples, max_length={max_length}: truncated the "
+                      f"prompt of {truncated}, dropped {dropped} (overflow={overflow!r}).",
+                      OverflowWarning, stacklevel=3)
+    if len(ds) and not kept:
+        raise ValueError(f"Every example of {split} is longer than max_length={max_length}; "
+                         "raise max_length.")
+    columns = {c: [ds[c][i] for i in kept] for c in ds.column_names}
+    return Dataset.from_dict({**columns, **new})
+
+
+def tokenize(data, tokenizer, max_length: int = 256, overflow: str = "truncate"):
+    """Add input_ids, attention_mask and labels to a Dataset or every split of a DatasetDict.
+
+    labels = -100 on the prompt (chat template + user turn + assistant header), the token
+    ids on the answer (response + end-of-turn). Too long examples (overflow):
+      "truncate"  drop tokens from the START of the prompt (the system prompt goes first),
+                  keep the whole answer; an answer that alone fills max_length is dropped.
+      "drop"      drop the example.
+      "error"     raise a ValueError naming the example and max_length.
+    Truncations and drops are counted in an OverflowWarning."""
+    from datasets import Dataset, DatasetDict
+
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}; got {overflow!r}.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2; got {max_length!r}. Try 256.")
+    if isinstance(data, DatasetDict):
+        if all(len(d) == 0 for d in data.values()):
+            raise ValueError("The DatasetDict is empty (no examples in any split).")
+        return DatasetDict({k: _tokenize_split(d, tokenizer, max_length, overflow, k)
+                            for k, d in data.items()})
+    if isinstance(data, Dataset):
+        if len(data) == 0:
+            raise ValueError("The dataset is empty: there is nothing to tokenize.")
+        return _tokenize_split(data, tokenizer, max_length, overflow, "data")
+    raise ValueError(f"data must be a datasets.Dataset or DatasetDict; got {type(data).__name__}. "
+                     "Build one with make_task, load_local or load_hub.")
+
+
+# =============================================================================== batches
+def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of tokenized examples to the longest one (dynamic padding):
+    input_ids with pad_token_id, attention_mask with 0, labels with -100."""
+    if not features:
+        raise ValueError("features is empty: collate needs at least one example.")
+    T = max(len(f["input_ids"]) for f in features)
+    pad = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    out = {}
+    for key, value in pad.items():
+        rows = [list(f[key]) + [value] * (T - len(f[key])) for f in features]
+        out[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
+    return out
+
+
+def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
+            shuffle: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless stream of collated batches. Each epoch is a fresh seeded permutation
+    (or the original order with shuffle=False); batches run across epoch boundaries,
+    so every batch has exactly batch_size examples. Same seed -> same stream."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    if "input_ids" not in tokenized.column_names:
+        raise ValueError("batches needs tokenized data (input_ids, attention_mask, labels); "
+                         "call kit.data.tokenize(data, tokenizer) first.")
+    if len(tokenized) == 0:
+        raise ValueError("The tokenized dataset is empty: there is nothing to batch.")
+    cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
+    rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
+    rng = random.Random(seed)
+    pending: list[int] = []
+    while True:
+        while len(pending) < batch_size:
+            order = list(range(len(rows)))
+            if shuffle:
+                rng.shuffle(order)
+            pending += order
+        chosen, pending = pending[:batch_size], pending[batch_size:]
+        yield collate([rows[i] for i in chosen], pad_token_id)

@@ -1,0 +1,187 @@
+"""The main job: execute every notebook headless, in order, and write one report.
+
+    python -m kit run              # default parameters (the numbers the lessons discuss)
+    python -m kit run --quick      # each notebook's smoke parameters (minutes)
+    python -m kit run --only 03    # one notebook
+
+Output: runs/<timestamp>/ with the executed notebooks, results/<name>.json, figures/*.png
+and report.md; runs/latest points at the newest run. A failing notebook is reported with
+the cell that failed, its partial output is kept, and the other notebooks still run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.notebook import REPO_ROOT, load_results
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+RUNS = REPO_ROOT / "runs"
+
+
+@dataclass
+class Outcome:
+    name: str
+    ok: bool
+    seconds: float
+    error: str = ""
+    cell: int | None = None
+
+
+@dataclass
+class RunSummary:
+    folder: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+
+def notebooks(only: str | None = None) -> list[Path]:
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = [p for p in paths if p.name.startswith(only) or p.stem == only]
+        if not wanted:
+            names = ", ".join(p.stem for p in paths)
+            raise ValueError(f"--only {only!r} matches no notebook. Use a number or name from: {names}.")
+        paths = wanted
+    return paths
+
+
+def smoke_parameters(path: Path) -> dict:
+    """A notebook's smoke parameters live in its metadata: {"kit": {"smoke": {...}}}."""
+    meta = json.loads(path.read_text()).get("metadata", {})
+    return dict(meta.get("kit", {}).get("smoke", {}))
+
+
+def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
+    """Run one notebook with papermill into `folder`; never raises for a failing cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    start = time.time()
+    out = folder / path.name
+    try:
+        pm.execute_notebook(str(path), str(out), parameters={**parameters, "RUN_DIR": str(folder)},
+                            kernel_name="python3", cwd=str(path.parent), progress_bar=False,
+                            log_output=False)
+        return Outcome(path.stem, True, time.time() - start)
+    except PapermillExecutionError as e:
+        msg = f"{e.ename}: {e.evalue}".strip()
+        return Outcome(path.stem, False, time.time() - start, msg, e.cell_index)
+    except Exception as e:  # kernel died, notebook unreadable ...
+        return Outcome(path.stem, False, time.time() - start, f"{type(e).__name__}: {e}")
+
+
+def run(quick: bool = False, only: str | None = None, folder: Path | None = None,
+        extra: dict | None = None) -> RunSummary:
+    paths = notebooks(only)
+    folder = Path(folder) if folder else RUNS / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(folder)
+    print(f"Running {len(paths)} notebook(s) {'with smoke parameters ' if quick else ''}into {folder}",
+          flush=True)
+    for i, path in enumerate(paths, 1):
+        params = {**(smoke_parameters(path) if quick else {}), **(extra or {})}
+        print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
+        outcome = execute(path, folder, params)
+        summary.outcomes.append(outcome)
+        if outcome.ok:
+            print(f"ok ({outcome.seconds:.0f} s)", flush=True)
+        else:
+            where = f"cell {outcome.cell}" if outcome.cell is not None else "before any cell"
+            print(f"FAILED at {where} ({outcome.seconds:.0f} s): {outcome.error[:300]}", flush=True)
+            print(f"      partial output kept in {folder / path.name}", flush=True)
+    write_report(summary, quick)
+    if folder.parent == RUNS:
+        link = RUNS / "latest"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(folder.name, link)
+    print(f"Report: {folder / 'report.md'}", flush=True)
+    return summary
+
+
+# ---------------------------------------------------------------------------- report
+OVERVIEW_COLUMNS = [
+    ("method", "method", "{}"),
+    ("trainable_share", "trained params", "{:.2%}"),
+    ("weight_memory_mb", "weights (MB)", "{:.0f}"),
+    ("train_memory_mb", "training memory (MB)", "{:.0f}"),
+    ("step_time_s", "s / step", "{:.2f}"),
+    ("accuracy_before", "accuracy before", "{:.0%}"),
+    ("accuracy_after", "accuracy after", "{:.0%}"),
+    ("retention_before", "retention before", "{:.0%}"),
+    ("retention_after", "retention after", "{:.0%}"),
+]
+
+
+def _fmt(value, pattern: str) -> str:
+    if value is None:
+        return "-"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def overview_table(results: dict[str, dict]) -> str:
+    """One row per training method, from the `overview_row` each training notebook records
+    (06 records all three as `overview_rows`; it wins when present)."""
+    rows = []
+    for name in sorted(results):
+        res = results[name]
+        if res.get("overview_rows"):
+            rows = list(res["overview_rows"])
+    if not rows:
+        rows = [results[n]["overview_row"] for n in sorted(results) if results[n].get("overview_row")]
+    if not rows:
+        return ""
+    head = "| " + " | ".join(label for _, label, _ in OVERVIEW_COLUMNS) + " |"
+    sep = "|" + "---|" * len(OVERVIEW_COLUMNS)
+    body = ["| " + " | ".join(_fmt(r.get(key), pat) for key, _, pat in OVERVIEW_COLUMNS) + " |"
+            for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def _scalars(res: dict) -> list[tuple[str, object]]:
+    skip = {"notebook", "hardware", "recorded_at", "overview_row", "overview_rows"}
+    return [(k, v) for k, v in res.items()
+            if k not in skip and (isinstance(v, (int, float, str, bool)) or v is None)]
+
+
+def write_report(summary: RunSummary, quick: bool) -> Path:
+    folder = summary.folder
+    results = load_results(folder)
+    hardware = next((r["hardware"] for r in results.values() if "hardware" in r), "unknown")
+    lines = [f"# Run {folder.name}", "",
+             f"Hardware: {hardware}. Parameters: {'smoke (--quick)' if quick else 'defaults'}.", ""]
+    table = overview_table(results)
+    if table:
+        lines += ["## Full fine-tuning, LoRA and QLoRA, measured side by side", "", table, ""]
+        for fig in ("06_overview", "06_memory_breakdown", "06_overview_memory"):
+            if (folder / "figures" / f"{fig}.png").exists():
+                lines.append(f"![{fig}](figures/{fig}.png)")
+        lines.append("")
+    lines += ["## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
+    for o in summary.outcomes:
+        status = "ok" if o.ok else f"FAILED at cell {o.cell}: {o.error[:120]}"
+        lines.append(f"| [{o.name}]({o.name}.ipynb) | {status} | {o.seconds:.0f} s |")
+    lines.append("")
+    for name, res in results.items():
+        lines += [f"## {name}", ""]
+        scalars = _scalars(res)
+        if scalars:
+            lines += ["| result | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v, '{:.4g}') if isinstance(v, float) else v} |" for k, v in scalars]
+            lines.append("")
+        for fig in sorted((folder / "figures").glob(f"{name[:3]}*.png")  # figures are named "NN_what.png"):
+            lines.append(f"![{fig.stem}](figures/{fig.name})")
+        lines.append("")
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path
