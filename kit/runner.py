@@ -28,7 +28,7 @@ class Outcome:
     ok: bool
     seconds: float
     error: str = ""
-    cell: int | None = None
+    cell: int | None = None  # 1-based, in the notebook as committed
 
 
 @dataclass
@@ -72,9 +72,23 @@ def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
         return Outcome(path.stem, True, time.time() - start)
     except PapermillExecutionError as e:
         msg = f"{e.ename}: {e.evalue}".strip()
-        return Outcome(path.stem, False, time.time() - start, msg, e.cell_index)
+        first_line = (e.source or "").strip().splitlines()[:1]
+        if first_line:
+            msg += f"  [cell starts: {first_line[0][:80]}]"
+        return Outcome(path.stem, False, time.time() - start, msg, _source_cell(out, e.cell_index))
     except Exception as e:  # kernel died, notebook unreadable ...
         return Outcome(path.stem, False, time.time() - start, f"{type(e).__name__}: {e}")
+
+
+def _source_cell(executed: Path, index: int) -> int:
+    """1-based number of the failing cell in the notebook as written (papermill's index
+    counts the parameters cell it injected)."""
+    try:
+        cells = json.loads(executed.read_text())["cells"][:index]
+    except (OSError, ValueError):
+        return index + 1
+    injected = sum("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
+    return index - injected + 1
 
 
 def run(quick: bool = False, only: str | None = None, folder: Path | None = None,
@@ -179,7 +193,7 @@ def write_report(summary: RunSummary, quick: bool) -> Path:
             lines += ["| result | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v, '{:.4g}') if isinstance(v, float) else v} |" for k, v in scalars]
             lines.append("")
-        for fig in sorted((folder / "figures").glob(f"{name[:3]}*.png")  # figures are named "NN_what.png"):
+        for fig in sorted((folder / "figures").glob(f"{name[:3]}*.png")):  # "NN_what.png"
             lines.append(f"![{fig.stem}](figures/{fig.name})")
         lines.append("")
     path = folder / "report.md"

@@ -1,0 +1,60 @@
+"""The main job runner: order, progress, failures reported with their cell, the report."""
+import json
+
+import pytest
+
+from kit import runner
+from kit.notebook import record
+
+
+def _notebook(path, cells):
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}",
+                     "metadata": {"tags": ["parameters"]} if i == 0 else {},
+                     "outputs": [], "source": src} for i, src in enumerate(cells)],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                       "kit": {"smoke": {"STEPS": 1}}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+@pytest.mark.notebook
+def test_runner_reports_failures_with_their_cell_and_goes_on(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    rec = "from kit.notebook import record\nrecord(NAME, {'steps': STEPS, 'overview_row': {'method': NAME, 'step_time_s': 1.5}}, RUN_DIR)"
+    _notebook(nbs / "01_good.ipynb", ["RUN_DIR = ''\nSTEPS = 10\nNAME = '01_good'", rec])
+    _notebook(nbs / "02_bad.ipynb", ["RUN_DIR = ''\nSTEPS = 10", "x = 1", "raise ValueError('boom')"])
+    _notebook(nbs / "03_after.ipynb", ["RUN_DIR = ''\nSTEPS = 10\nNAME = '03_after'", rec])
+    monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
+    summary = runner.run(quick=True, folder=tmp_path / "run")
+    out = capsys.readouterr().out
+    assert [o.name for o in summary.outcomes] == ["01_good", "02_bad", "03_after"]
+    assert not summary.ok
+    bad = summary.outcomes[1]
+    assert bad.cell == 3 and "boom" in bad.error
+    assert "[2/3] 02_bad ... FAILED at cell 3" in out
+    assert (tmp_path / "run" / "02_bad.ipynb").exists()          # partial output kept
+    results = json.loads((tmp_path / "run" / "results" / "01_good.json").read_text())
+    assert results["steps"] == 1                                  # --quick used the smoke value
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "FAILED at cell 3" in report and "| 01_good |" in report and "1.50" in report
+
+
+def test_only_selects_by_number_and_rejects_unknown():
+    assert [p.stem[:2] for p in runner.notebooks("00")] == ["00"]
+    with pytest.raises(ValueError, match="matches no notebook"):
+        runner.notebooks("99")
+
+
+def test_cli_exit_codes(tmp_path):
+    from kit.__main__ import main
+    assert main(["run", "--only", "99", "--out", str(tmp_path)]) == 2
+    assert main(["device"]) == 0
+
+
+def test_overview_table_prefers_the_comparison_notebook(tmp_path):
+    record("01_full", {"overview_row": {"method": "full", "trainable_share": 1.0}}, tmp_path)
+    record("06_choose", {"overview_rows": [{"method": "full"}, {"method": "lora"}, {"method": "qlora"}]}, tmp_path)
+    table = runner.overview_table(runner.load_results(tmp_path))
+    assert table.count("\n") == 4 and "| qlora |" in table
