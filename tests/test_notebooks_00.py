@@ -1,0 +1,24 @@
+"""00 · Setup, run headless with its smoke parameters; assertions on what it recorded."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.runner import execute, smoke_parameters
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "00_setup.ipynb"
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_setup_notebook_preflight(tmp_path):
+    outcome = execute(NB, tmp_path, smoke_parameters(NB))
+    assert outcome.ok, outcome.error
+    res = json.loads((tmp_path / "results" / "00_setup.json").read_text())
+    assert "Paris" in res["answer"]
+    assert res["parameters"] == 134_515_008
+    assert res["device"]["compute_dtype"] in ("float32", "float16", "bfloat16")
+    ratio = res["footprint_ratio"]
+    assert 0.45 < ratio["bf16"] < 0.55                  # 2 bytes instead of 4
+    assert ratio["nf4"] < 1 / 3                         # 4-bit codes + constants, fp32 embedding
+    assert (tmp_path / "figures" / "00_footprints.png").stat().st_size > 5_000
