@@ -200,12 +200,13 @@ def prepare_model(model: nn.Module, method: str, lora: LoraSettings | None = Non
 
     _check_lora(lora)
     available = linear_names(model)
-    if lora.targets != "all-linear":
-        unknown = [t for t in lora.targets if t not in available]
-        if isinstance(lora.targets, str) or unknown:
+    targets = lora.targets
+    if targets != "all-linear":
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        unknown = [t for t in targets if t not in available]
+        if unknown or not targets:
             raise ValueError(f"targets must be 'all-linear' or a list of Linear layer names from "
-                             f"{available}; unknown: {unknown or lora.targets!r}. "
-                             "E.g. targets=['q_proj', 'v_proj'].")
+                             f"{available}; unknown: {unknown}. E.g. targets=['q_proj', 'v_proj'].")
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
@@ -213,7 +214,7 @@ def prepare_model(model: nn.Module, method: str, lora: LoraSettings | None = Non
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         model.enable_input_require_grads()  # belt and braces: also right for re-entrant
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.targets if lora.targets == "all-linear" else list(lora.targets),
+                        target_modules=targets,
                         use_rslora=lora.use_rslora, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     for p in model.parameters():
@@ -303,6 +304,7 @@ def check_fits(model: nn.Module, method: str, config: TrainConfig, seq_len: int,
 
 
 def validation_loss(model: nn.Module, tokenized, pad_token_id: int, batch_size: int) -> float:
+    """Token-weighted mean loss over the answer tokens of a tokenized split (kit.evaluate)."""
     from kit.evaluate import validation_loss as val_loss
     return val_loss(model, tokenized, pad_token_id, batch_size=batch_size)["loss"]
 
