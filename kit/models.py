@@ -64,7 +64,9 @@ def ensure_bundled(verbose: bool = True) -> Path:
     if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one line of our own instead of three progress bars
     gguf = bundled_gguf()
     if verbose:
         print(f"Converting {gguf.name} into {folder} (once, about 30 s) ...", flush=True)

@@ -283,22 +283,24 @@ def tokenized_splits(data, tokenizer, max_length: int):
 
 def check_fits(model: nn.Module, method: str, config: TrainConfig, seq_len: int,
                prof: DeviceProfile) -> None:
-    """On CUDA, refuse a run whose estimated memory exceeds the free memory (CPUs: skip)."""
+    """On CUDA, refuse a run whose estimated memory exceeds the free memory (CPUs: skip).
+
+    The weights are already on the GPU, so the step needs `total - weights` more bytes."""
     if prof.device != "cuda":
         return
-    try:
-        from kit.memory import estimate_for_model
-    except ImportError:
-        return
-    need = estimate_for_model(model, method, batch_size=config.batch_size, seq_len=seq_len,
-                              r=config.lora.r, targets=config.lora.targets,
-                              gradient_checkpointing=config.gradient_checkpointing,
-                              optimizer=config.optimizer).total
+    from kit.memory import estimate
+
+    est = estimate(model.config, method, r=config.lora.r, targets=config.lora.targets,
+                   batch_size=config.batch_size, seq_len=seq_len,
+                   gradient_checkpointing=config.gradient_checkpointing,
+                   optimizer=config.optimizer, compute_dtype=prof.compute_dtype,
+                   lora_dropout=config.lora.dropout, padded=True)
+    need = est.total - est.weights - est.quant_constants
     free, _ = torch.cuda.mem_get_info()
     if need > free:
         raise ValueError(
-            f"batch_size={config.batch_size} at {seq_len} tokens needs about {need / 2**30:.1f} GiB, "
-            f"but only {free / 2**30:.1f} GiB of GPU memory is free. Try a smaller batch_size "
+            f"batch_size={config.batch_size} at {seq_len} tokens needs about {need / 2**30:.1f} GiB "
+            f"more, but only {free / 2**30:.1f} GiB of GPU memory is free. Try a smaller batch_size "
             "(with grad_accum to keep the effective batch), gradient_checkpointing=True, "
             "or method='qlora' with a 4-bit base.")
 
