@@ -1,0 +1,590 @@
+"""Where the memory of a fine-tuning step goes: measured (`Ledger`) and predicted (`Estimate`).
+
+Training memory has five parts (B = batch, T = tokens per sequence, N = B*T, P = parameters):
+
+| part          | full fine-tuning (AdamW)          | LoRA / QLoRA                             |
+|---------------|-----------------------------------|------------------------------------------|
+| weights       | P x 4 (fp32 master) or 2 (16-bit) | frozen base (2, 1 or ~0.52 B/param) + adapters (fp32) |
+| gradients     | one per trainable parameter       | adapters only                            |
+| optimizer     | Adam m and v: 2 per trainable     | adapters only                            |
+| activations   | what autograd saves for backward  | the same path back, minus the weights' gradients |
+| logits        | N x vocab (plus an fp32 copy in the loss) | same                             |
+
+`measure_step` reads these from the tensors of one real step; `estimate` computes them from
+the architecture alone. On the bundled model (fp32 on a CPU) the two agreed to the byte for
+every component, activations included, for full fine-tuning, LoRA and QLoRA (tests/test_memory.py
+holds them to 2% and 15%), which is what lets us trust `estimate` for models we cannot load.
+
+Accounting conventions (the same on both sides):
+- weights: every parameter once (tied embeddings once). bitsandbytes 4-bit layers count their
+  packed uint8 weight here and their quantization constants (absmax, nested absmax, code
+  books, offset; 8-bit: the per-row scales SCB) in `quant_constants`. Buffers (rotary
+  inv_freq, a few hundred bytes) are not counted.
+- activations: tensors saved for backward (`torch.autograd.graph.saved_tensors_hooks`), each
+  storage once, excluding parameters (a Linear saves its weight; that is not an activation)
+  and excluding the logits tensor itself, which is its own line. The loss's fp32
+  log-probabilities (N x vocab x 4 bytes) are an activation.
+- full fine-tuning with precision "amp" = 16 B/param: fp32 master weights 4 + fp32 gradients 4
+  + Adam m and v in fp32 8. The 16-bit copy of the weights that autocast makes for the matmuls
+  is transient (made per op, freed after) and is not counted. "16" = pure 16-bit: 2 + 2 + 4
+  = 8 B/param. "32" = fp32 everything = 16 B/param (what a CPU does).
+- QLoRA: the unquantized parameters (embeddings, norms, untied head) are counted in fp32,
+  because peft's `prepare_model_for_kbit_training` (which kit.train calls) casts 16-bit
+  ones to fp32. Adapters are fp32 (the kit's policy for trainable parameters).
+- `Estimate.workspace`: memory that exists only at the peak of backward and that no saved-
+  tensor hook sees: the fp32 gradient of the logits, and with gradient checkpointing one
+  decoder layer's recomputed activations. It is part of `Estimate.total`, not of the Ledger.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+
+import torch
+
+MB, GB = 1e6, 1e9
+METHODS = ("full", "lora", "qlora")
+PRECISIONS = ("amp", "16", "32")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
+BITS = {"full": (None, 16, 32), "lora": (None, 16, 32), "qlora": (None, 4, 8)}
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ---------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    hidden_size: int            # H: width of the residual stream
+    intermediate_size: int      # I: width of the MLP (of one expert, for mixtures of experts)
+    num_hidden_layers: int      # L: decoder layers
+    num_attention_heads: int    # nh: query heads
+    num_key_value_heads: int    # nkv: key/value heads (< nh: grouped-query attention)
+    vocab_size: int             # V
+    tie_word_embeddings: bool   # the output head reuses the embedding matrix
+    head_dim: int | None = None  # hd: default H // nh
+    num_experts: int = 1        # E: MLP experts per layer (Mixtral: 8)
+    experts_per_token: int = 1  # k: experts each token runs through (Mixtral: 2)
+    attention_bias: bool = False  # Llama-style biases on q, k, v and o
+    note: str = ""              # where the numbers come from
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+ARCHS: dict[str, Arch] = {a.name: a for a in [
+    Arch("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, note="the bundled model"),
+    Arch("smollm2-360m", 960, 2560, 32, 15, 5, 49152, True),
+    Arch("smollm2-1.7b", 2048, 8192, 24, 32, 32, 49152, True),
+    Arch("llama-3.2-1b", 2048, 8192, 16, 32, 8, 128256, True),
+    Arch("llama-3.2-3b", 3072, 8192, 28, 24, 8, 128256, True),
+    Arch("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False),
+    Arch("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False,
+         note="kit.models' 7B preset; its q/k/v biases (0.01% of the parameters) are left out"),
+    Arch("llama-3-8b", 4096, 14336, 32, 32, 8, 128256, False),
+    Arch("llama-2-13b", 5120, 13824, 40, 40, 40, 32000, False),
+    Arch("llama-30b", 6656, 17920, 60, 52, 52, 32000, False, note="LLaMA-1 33B, the seed's '30B'"),
+    Arch("llama-2-70b", 8192, 28672, 80, 64, 8, 32000, False, note="grouped-query attention"),
+    Arch("qwen1.5-110b", 8192, 49152, 80, 64, 8, 152064, False,
+         note="the seed's '110B'; its q/k/v biases (0.002% of the parameters) are left out"),
+    Arch("mixtral-8x7b", 4096, 14336, 32, 32, 8, 32000, False, num_experts=8,
+         experts_per_token=2, note="46.7B stored, 2 of 8 experts active per token"),
+    Arch("mixtral-8x22b", 6144, 16384, 56, 48, 8, 32000, False, num_experts=8,
+         experts_per_token=2, note="v0.1; 141B stored, 2 of 8 experts active per token"),
+]}
+
+
+def arch_from_config(config, name: str = "custom") -> Arch:
+    """An `Arch` from a transformers config (LlamaConfig, MixtralConfig, ...) or a dict."""
+    c = SimpleNamespace(**config) if isinstance(config, dict) else config
+    need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "vocab_size")
+    missing = [k for k in need if getattr(c, k, None) is None]
+    if missing:
+        raise ValueError(f"arch: the config lacks {missing}. Pass a Llama-style config with "
+                         f"{list(need)} (+ num_key_value_heads, tie_word_embeddings) or one of {sorted(ARCHS)}.")
+    experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 1
+    return Arch(name, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+                c.vocab_size, bool(getattr(c, "tie_word_embeddings", False)),
+                getattr(c, "head_dim", None), experts,
+                (getattr(c, "num_experts_per_tok", None) or 1) if experts > 1 else 1,
+                bool(getattr(c, "attention_bias", False)))
+
+
+def resolve_arch(arch) -> Arch:
+    if isinstance(arch, Arch):
+        return arch
+    if isinstance(arch, str):
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {sorted(ARCHS)} or a transformers config; got {arch!r}.")
+        return ARCHS[arch]
+    return arch_from_config(arch)
+
+
+def linear_shapes(a: Arch) -> dict[str, tuple[int, int, int]]:
+    """The Linear layers of one decoder layer: name -> (in_features, out_features, copies)."""
+    H, I, E = a.hidden_size, a.intermediate_size, a.num_experts
+    q, kv = a.num_attention_heads * a.hd, a.num_key_value_heads * a.hd
+    return {"q_proj": (H, q, 1), "k_proj": (H, kv, 1), "v_proj": (H, kv, 1), "o_proj": (q, H, 1),
+            "gate_proj": (H, I, E), "up_proj": (H, I, E), "down_proj": (I, H, E)}
+
+
+def param_count(arch) -> int:
+    """Parameters from the architecture: embeddings + L x (attention + MLP + 2 norms) + final
+    norm (+ untied head)."""
+    return sum(_param_groups(resolve_arch(arch)).values())
+
+
+def _param_groups(a: Arch) -> dict[str, int]:
+    H, L, V = a.hidden_size, a.num_hidden_layers, a.vocab_size
+    q, kv = a.num_attention_heads * a.hd, a.num_key_value_heads * a.hd
+    linears = sum(i * o * c for i, o, c in linear_shapes(a).values())
+    other = 2 * H                                             # two RMSNorm weights
+    other += H * a.num_experts if a.num_experts > 1 else 0    # MoE router
+    other += (q + 2 * kv + H) if a.attention_bias else 0
+    return {"linear": L * linears,                            # what LoRA targets and bnb quantizes
+            "other": L * other + H + V * H * (1 if a.tie_word_embeddings else 2)}
+
+
+# ---------------------------------------------------------------------------- records
+def _rows(d: dict) -> list[tuple[str, int, float]]:
+    return [(k, v, round(v / MB, 2)) for k, v in d.items()]
+
+
+@dataclass
+class Ledger:
+    """Bytes measured from the tensors of one real training step."""
+    weights: int                 # every parameter once (4-bit layers: packed uint8)
+    weights_by_dtype: dict       # "float32" -> bytes, ...
+    quant_constants: int         # bnb absmax, nested absmax, code books, offsets, SCB
+    trainable_params: int        # bytes of parameters with requires_grad
+    trainable_count: int         # how many trainable parameters
+    total_params: int            # parameters as defined (a packed 4-bit byte counts as two)
+    gradients: int               # .grad of the trainable parameters after backward
+    optimizer: int               # every tensor in optimizer.state after step
+    activations: int             # saved for backward, each storage once, no parameters, no logits
+    logits: int                  # the output logits tensor
+    cuda_peak: int | None = None  # torch.cuda.max_memory_allocated over the step (None on CPU)
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.quant_constants + self.gradients + self.optimizer
+                + self.activations + self.logits)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+    def rows(self) -> list[tuple[str, int, float]]:
+        """(component, bytes, MB) for a table."""
+        keys = ("weights", "quant_constants", "gradients", "optimizer", "activations", "logits")
+        return _rows({k: getattr(self, k) for k in keys} | {"total": self.total})
+
+
+@dataclass
+class Estimate:
+    """Bytes predicted from the architecture; the same components as `Ledger` + workspace."""
+    weights: int                 # base weights + adapters
+    quant_constants: int         # 4-bit: absmax etc.; 8-bit: per-row scales
+    gradients: int
+    optimizer: int
+    activations: int             # saved for backward during the forward pass
+    logits: int
+    workspace: int               # transient at the backward peak (see module docstring)
+    params: int                  # parameters of the base model
+    trainable: int               # trainable parameters
+    settings: dict = field(default_factory=dict)   # the arguments that produced it
+    activation_rows: list = field(default_factory=list)  # (what, bytes): the activation formula
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.quant_constants + self.gradients + self.optimizer
+                + self.activations + self.logits + self.workspace)
+
+    def as_dict(self) -> dict:
+        d = {**asdict(self), "total": self.total}
+        d.pop("activation_rows")
+        return d
+
+    def rows(self) -> list[tuple[str, int, float]]:
+        keys = ("weights", "quant_constants", "gradients", "optimizer", "activations", "logits",
+                "workspace")
+        return _rows({k: getattr(self, k) for k in keys} | {"total": self.total})
+
+
+# ---------------------------------------------------------------------------- measuring
+def _tensor_bytes(tensors, skip: set[int]) -> int:
+    """Bytes of the tensors' storages, each storage once, skipping data pointers in `skip`."""
+    total = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr and ptr not in skip:
+            skip.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _quant_tensors(model):
+    """Quantization constants of bitsandbytes layers (4-bit quant_state, 8-bit SCB)."""
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        state = getattr(w, "quant_state", None)
+        while state is not None:                                     # nested: state.state2
+            yield from (getattr(state, k, None) for k in ("absmax", "code", "offset"))
+            state = getattr(state, "state2", None)
+        yield getattr(w, "SCB", None)                               # 8-bit row scales, which the
+        yield getattr(getattr(module, "state", None), "SCB", None)  # first forward moves to .state
+
+
+def weight_bytes(model) -> dict:
+    """Bytes of the weights by dtype, and of the bnb quantization constants."""
+    by_dtype, seen = {}, set()
+    for p in model.parameters():
+        ptr = p.untyped_storage().data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        key = str(p.dtype).replace("torch.", "")
+        by_dtype[key] = by_dtype.get(key, 0) + p.numel() * p.element_size()
+    return {"weights": sum(by_dtype.values()), "weights_by_dtype": by_dtype,
+            "quant_constants": _tensor_bytes(_quant_tensors(model), seen)}
+
+
+def measure_step(model, batch: dict, optimizer) -> Ledger:
+    """Run one forward (recording what autograd saves), backward, optimizer step and zero_grad
+    on `batch` (a dict with input_ids and labels), and return the bytes of each part.
+    The model is put in training mode for the step (gradient checkpointing and dropout act only
+    there) and returned to its previous mode after."""
+    if batch.get("labels") is None:
+        raise ValueError("batch must contain 'labels' (e.g. labels = input_ids) so the model "
+                         "returns a loss to backpropagate.")
+    params = [p for p in model.parameters()]
+    not_activations = {p.untyped_storage().data_ptr() for p in params}
+    not_activations |= {t.untyped_storage().data_ptr() for t in _quant_tensors(model)
+                        if isinstance(t, torch.Tensor)}
+    saved = []                                       # every tensor autograd keeps for backward
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    device = params[0].device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(**batch)
+    logits = out.logits
+    logits_bytes = _tensor_bytes([logits], set())
+    activations = _tensor_bytes(saved, not_activations | {logits.untyped_storage().data_ptr()})
+    saved.clear()
+    out.loss.backward()
+    trainable = [p for p in params if p.requires_grad]
+    gradients = _tensor_bytes([p.grad for p in trainable], set())
+    optimizer.step()
+    state = [v for s in optimizer.state.values() for v in s.values()]
+    optimizer_bytes = _tensor_bytes(state, set())
+    optimizer.zero_grad(set_to_none=True)
+    del out, logits
+    peak = None
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    model.train(was_training)
+    try:
+        from kit.models import parameter_count
+        total_params = parameter_count(model)
+    except ImportError:
+        total_params = sum(p.numel() for p in params)
+    return Ledger(**weight_bytes(model),
+                  trainable_params=sum(p.numel() * p.element_size() for p in trainable),
+                  trainable_count=sum(p.numel() for p in trainable), total_params=total_params,
+                  gradients=gradients, optimizer=optimizer_bytes, activations=activations,
+                  logits=logits_bytes, cuda_peak=peak)
+
+
+# ---------------------------------------------------------------------------- estimating
+def _targets(targets) -> tuple[str, ...]:
+    if targets == "all-linear":
+        return LINEARS
+    names = (targets,) if isinstance(targets, str) else tuple(targets)
+    bad = [t for t in names if t not in LINEARS]
+    if bad or not names:
+        raise ValueError(f"targets must be 'all-linear' or a list from {list(LINEARS)}; got {targets!r}.")
+    return names
+
+
+def _layer_rows(a: Arch, B: int, T: int, A: int, full: bool, amp: bool, tg: tuple, r: int,
+                dropout: bool, padded: bool, x_grad: bool) -> list[tuple[str, int]]:
+    """What autograd saves in one decoder layer, following which tensors need a gradient.
+
+    x_grad: does the layer's input need a gradient? (Not in layer 0 of LoRA: the embeddings
+    are frozen, so everything below the first adapter saves nothing.) An op saves a tensor only
+    if the gradient of another input needs it: a frozen Linear keeps no input, a LoRA A keeps
+    its input, SDPA keeps q, k, v, output and logsumexp once q, k or v needs a gradient.
+    """
+    H, I, k, nh = a.hidden_size, a.intermediate_size, a.experts_per_token, a.num_attention_heads
+    N, qd, kvd = B * T, nh * a.hd, (nh if padded else a.num_key_value_heads) * a.hd
+    res = 4 if amp else A                   # residual stream: fp32 under autocast
+    mask_b = A if A == 4 else 1             # dropout mask: float on a CPU, bool on a GPU
+    rows = []
+
+    def keep(what, nbytes, when=True):
+        if when and nbytes:
+            rows.append((what, nbytes))
+
+    def linear_inputs(what, names, width, input_grad):
+        """The input shared by the Linears `names` (width features, per token)."""
+        n = sum(t in tg for t in names)
+        if full:                             # weight gradients need the input (autocast: a copy per Linear)
+            keep(f"{what} input", N * width * A * (len(names) if amp else 1))
+        elif n and not dropout:              # LoRA A's weight gradient needs the input
+            keep(f"{what} input (for LoRA A)", N * width * A)
+        elif n:                              # each adapter drops its own copy; the mask only if needed
+            keep(f"{what}: LoRA dropout outputs", n * N * width * A)
+            keep(f"{what}: LoRA dropout masks", n * N * width * mask_b, input_grad)
+
+    has = lambda *names: full or any(t in tg for t in names)
+    keep("norm 1: fp32 input + 1/rms", N * (4 * H + 4), x_grad)
+    keep("norm 1: normalised x (norm weight's gradient)", N * H * res, full)
+    linear_inputs("q/k/v", ("q_proj", "k_proj", "v_proj"), H, x_grad)
+    qkv_grad = x_grad or has("q_proj", "k_proj", "v_proj")
+    keep("attention: q, k, v after rotary + logsumexp", N * ((qd + 2 * kvd) * A + 4 * nh), qkv_grad)
+    keep("attention: mask", B * T * T * A, qkv_grad and padded)
+    keep("attention output (= o_proj input)", N * qd * A, qkv_grad or (has("o_proj") and not dropout))
+    if dropout and not full:
+        linear_inputs("o_proj", ("o_proj",), qd, qkv_grad)
+    h2_grad = qkv_grad or has("o_proj")
+    keep("norm 2: fp32 input + 1/rms", N * (4 * H + 4), h2_grad)
+    keep("norm 2: normalised x (norm weight's gradient)", N * H * res, full)
+    linear_inputs("gate/up", ("gate_proj", "up_proj"), H, h2_grad)
+    gate_grad, up_grad = h2_grad or has("gate_proj"), h2_grad or has("up_proj")
+    keep("MLP: gate (SiLU input)", N * k * I * A, gate_grad)
+    keep("MLP: SiLU(gate) and up (the product's inputs)",
+         N * k * I * A * (up_grad + gate_grad))
+    linear_inputs("down_proj", ("down_proj",), k * I, gate_grad or up_grad)
+    if a.num_experts > 1:                    # approximate: tokens gathered per expert, outputs weighted
+        keep("MoE: gathered expert inputs, weighted outputs, router", N * (2 * k * H * A + 4 * a.num_experts))
+    if not full:
+        active = sum(k if t in ("gate_proj", "up_proj", "down_proj") else 1 for t in tg)
+        keep("LoRA A outputs (r per target)", N * r * A * active)
+    return rows
+
+
+def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: int = 512,
+                    act_bytes: int = 2, gradient_checkpointing: bool = True,
+                    targets="all-linear", r: int = 8, lora_dropout: float = 0.0,
+                    precision: str = "amp", padded: bool = False) -> tuple[list, int]:
+    """What autograd saves for one step of a Llama-style model: rows of (what, bytes), and the
+    bytes of one decoder layer (recomputed during backward under gradient checkpointing).
+
+    Per layer, per token (A = act_bytes; RMSNorm works in fp32 whatever the model's dtype):
+      2 norms:   fp32 input (4H) + 1/rms (4); full FT also the normalised x (norm weight's grad)
+      attention: input of q/k/v (H), q (nh hd), k, v (nkv hd each), output (nh hd, which is also
+                 o_proj's input) + logsumexp (4 nh): what SDPA's flash/efficient kernels keep
+      MLP:       input of gate/up (H), gate, SiLU(gate), up, gate*up (= down's input): 4 x I
+      LoRA:      A's output (r) per target; a frozen Linear without an adapter keeps no input.
+    With gradient checkpointing only each layer's input is kept (H per token per layer).
+    """
+    a = resolve_arch(arch)
+    B, T, H, L, N = batch_size, seq_len, a.hidden_size, a.num_hidden_layers, batch_size * seq_len
+    full = method == "full"
+    amp = full and precision == "amp"
+    res = 4 if amp else act_bytes
+    tg = LINEARS if full else _targets(targets)
+    args = (a, B, T, act_bytes, full, amp, tg, r, lora_dropout > 0, padded)
+    layer = _layer_rows(*args, x_grad=True)
+    one_layer = sum(b for _, b in layer)
+    if gradient_checkpointing:
+        rows = [("layer inputs kept for recomputation", L * N * H * res)]
+    else:
+        first = _layer_rows(*args, x_grad=full)   # layer 0: is there a gradient below it?
+        first = dict(first)
+        rows = [(f"{what} (x {L})" if first.get(what) == b else f"{what} (x {L - 1} + layer 0)",
+                 (L - 1) * b + first.get(what, 0)) for what, b in layer]
+        rows.append(("rotary cos/sin", 2 * T * a.hd * act_bytes))
+    rows.append(("final norm: fp32 input + 1/rms", N * (4 * H + 4)))
+    if full:
+        rows.append(("final norm: normalised x", N * H * res))
+        rows.append(("lm_head input", N * H * act_bytes))
+        rows.append(("embedding: token ids", N * 8))
+    rows.append(("loss: fp32 log-probabilities", N * a.vocab_size * 4))
+    rows.append(("loss: targets", N * 8 + 4))
+    return rows, one_layer
+
+
+def _check(name, value, allowed, fix=""):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}. {fix}".strip())
+
+
+def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
+             targets="all-linear", batch_size: int = 1, seq_len: int = 512,
+             gradient_checkpointing: bool = True, optimizer: str = "adamw",
+             precision: str = "amp", act_bytes: int = 2, compute_dtype: torch.dtype | None = None,
+             lora_dropout: float = 0.0, padded: bool = False) -> Estimate:
+    """Predict the memory of one training step of a Llama-style model.
+
+    arch:       a name from ARCHS, an `Arch`, or a transformers config (LlamaConfig, ...)
+    method:     "full" | "lora" | "qlora"
+    bits:       the frozen base: lora 16 (default) or 32; qlora 4 (default, NF4 + double
+                quantization) or 8 (int8). Full fine-tuning takes its dtype from `precision`.
+    precision:  full only: "amp" (fp32 master weights, 16-bit compute), "16", "32"
+    act_bytes:  bytes of an activation: 2 for a GPU's bf16/fp16 (default), 4 on a CPU (fp32);
+                `compute_dtype` (a torch dtype) sets it instead.
+    optimizer:  "adamw" (m and v in the parameters' dtype), "adamw_8bit"/"paged_adamw_8bit"
+                (bitsandbytes blockwise 8-bit), "sgd" (no state)
+    padded:     True if batches carry a padding mask (k/v heads are then repeated for SDPA)
+    """
+    a = resolve_arch(arch)
+    _check("method", method, METHODS, "QLoRA is method='qlora' (bits=4 or 8).")
+    _check("precision", precision, PRECISIONS)
+    _check("optimizer", optimizer, OPTIMIZERS)
+    _check("bits", bits, BITS[method], f"For method={method!r}; a quantized base is method='qlora'.")
+    if not 0 <= lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1); got {lora_dropout!r}.")
+    if compute_dtype is not None:
+        act_bytes = torch.empty(0, dtype=compute_dtype).element_size()
+    _check("act_bytes", act_bytes, (2, 4), "2 for bf16/fp16 on a GPU, 4 for fp32 on a CPU.")
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("r", r)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}.")
+    bits = bits or {"full": None, "lora": 16, "qlora": 4}[method]
+    groups, L, shapes = _param_groups(a), a.num_hidden_layers, linear_shapes(a)
+    P = groups["linear"] + groups["other"]
+    tensors_per_layer = sum(c for _, _, c in shapes.values()) + 2 + (a.num_experts > 1) + 4 * a.attention_bias
+
+    quant_constants = 0
+    if method == "full":
+        pb = 2 if precision == "16" else 4                  # master weights, grads, Adam states
+        trainable, n_tensors = P, L * tensors_per_layer + 1 + (1 if a.tie_word_embeddings else 2)
+        weights = P * pb
+    else:
+        tg = _targets(targets)
+        trainable = L * sum(r * (shapes[t][0] + shapes[t][1]) * shapes[t][2] for t in tg)
+        n_tensors = 2 * L * sum(shapes[t][2] for t in tg)
+        pb = 4                                              # adapters: fp32
+        if method == "lora":
+            weights = P * bits // 8 + trainable * 4
+        else:
+            weights = groups["linear"] * bits // 8 + groups["other"] * 4 + trainable * 4
+            quant_constants = L * sum(_constants(i, o, bits) * c for i, o, c in shapes.values())
+    gradients = trainable * pb
+    state_bytes = {"adamw": 2 * pb, "adamw_8bit": 2 * (1 + 4 / 256),
+                   "paged_adamw_8bit": 2 * (1 + 4 / 256), "sgd": 0}[optimizer]
+    opt = int(trainable * state_bytes) + (4 * n_tensors if optimizer == "adamw" else 0)  # + step counters
+
+    rows, one_layer = activation_rows(a, method, batch_size, seq_len, act_bytes,
+                                      gradient_checkpointing, targets, r, lora_dropout,
+                                      precision, padded)
+    N = batch_size * seq_len
+    workspace = N * a.vocab_size * 4 + (one_layer if gradient_checkpointing else 0)
+    settings = dict(arch=a.name, method=method, bits=bits, r=r, targets=targets,
+                    batch_size=batch_size, seq_len=seq_len,
+                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
+                    precision=precision, act_bytes=act_bytes, lora_dropout=lora_dropout,
+                    padded=padded)
+    return Estimate(weights, quant_constants, gradients, opt, sum(b for _, b in rows),
+                    N * a.vocab_size * act_bytes, workspace, P, trainable, settings, rows)
+
+
+def _constants(in_features: int, out_features: int, bits: int) -> int:
+    """Bytes of bitsandbytes quantization constants for one Linear weight.
+    4-bit (blocksize 64, double quantization): one uint8 absmax per 64 weights, one fp32 absmax
+    per 256 of those, the NF4 code (16 fp32), the nested 8-bit code (256 fp32), an fp32 offset:
+    4 + 8/64 + 32/16384 = 4.127 bits per weight. 8-bit: one fp32 scale per output row (SCB)."""
+    n = in_features * out_features
+    if bits == 8:
+        return 4 * out_features
+    blocks = math.ceil(n / 64)
+    return blocks + 4 * math.ceil(blocks / 256) + 4 * (16 + 256 + 1)
+
+
+# ---------------------------------------------------------------------------- comparing
+def compare(ledger: Ledger, est: Estimate) -> list[dict]:
+    """Measured vs estimated, component by component (ratio = estimate / measured)."""
+    out = []
+    for k in ("weights", "quant_constants", "gradients", "optimizer", "activations", "logits"):
+        m, e = getattr(ledger, k), getattr(est, k)
+        out.append({"component": k, "measured": m, "estimated": e,
+                    "ratio": e / m if m else (1.0 if e == 0 else float("inf"))})
+    return out
+
+
+# The "Hardware requirement (estimated)" table of the LLaMA-Factory README, in GB: the seed.
+SEED_METHODS = {"full-amp": dict(method="full", precision="amp"),
+                "full-16": dict(method="full", precision="16"),
+                "lora": dict(method="lora", bits=16), "qlora-8": dict(method="qlora", bits=8),
+                "qlora-4": dict(method="qlora", bits=4), "qlora-2": None}
+SEED_TABLE = {
+    "7B": (120, 60, 16, 10, 6, 4), "13B": (240, 120, 32, 20, 12, 8),
+    "30B": (600, 300, 64, 40, 24, 16), "70B": (1200, 600, 160, 80, 48, 24),
+    "110B": (2000, 900, 240, 140, 72, 48), "8x7B": (900, 400, 120, 60, 30, 18),
+    "8x22B": (2400, 1200, 320, 160, 96, 48)}
+SEED_TABLE = {size: dict(zip(SEED_METHODS, gbs)) for size, gbs in SEED_TABLE.items()}
+SEED_ARCHS = {"7B": "llama-2-7b", "13B": "llama-2-13b", "30B": "llama-30b", "70B": "llama-2-70b",
+              "110B": "qwen1.5-110b", "8x7B": "mixtral-8x7b", "8x22B": "mixtral-8x22b"}
+
+
+def _seed_note(size: str, key: str) -> str:
+    notes = []
+    if key == "full-amp":
+        notes.append("16 B/param: fp32 weights 4 + grads 4 + Adam m,v 8 (16-bit copy transient)")
+    if key == "full-16":
+        notes.append("8 B/param: 16-bit weights 2 + grads 2 + Adam m,v 4")
+    if key == "qlora-2":
+        notes.append("no estimate: bitsandbytes has no 2-bit type (it offers 4-bit NF4/FP4 and 8-bit only)")
+    if key == "qlora-4" and size == "7B":
+        notes.append("6 GB is a floor: measured 7B QLoRA runs need 7-10 GB")
+    if key.startswith("qlora"):
+        notes.append("the seed says QLoRA quantizes A and B: wrong, the base is quantized, "
+                     "the adapters stay 16/32-bit")
+    if "x" in size:
+        notes.append("all experts' weights stored, activations for the 2 active experts only")
+    return "; ".join(notes)
+
+
+def seed_comparison(tolerance: float = 0.15, **kwargs) -> list[dict]:
+    """Our estimate for each cell of the seed's table (batch 1, seq 512, gradient checkpointing,
+    16-bit activations unless overridden). holds: within `tolerance` of the seed's figure."""
+    out = []
+    for size, row in SEED_TABLE.items():
+        for key, seed_gb in row.items():
+            how = SEED_METHODS[key]
+            est = None if how is None else estimate(SEED_ARCHS[size], **how, **kwargs).total / GB
+            holds = est is not None and abs(est - seed_gb) <= tolerance * seed_gb
+            out.append({"size": size, "method": key, "seed_gb": seed_gb,
+                        "estimate_gb": None if est is None else round(est, 1),
+                        "holds": holds, "note": _seed_note(size, key)})
+    return out
+
+
+# ---------------------------------------------------------------------------- GPUs
+# Approximate memory a training process can use, in bytes: the nominal size less what the
+# driver and CUDA context take (a T4's 16 GB shows as about 15 GB in Colab). The caching
+# allocator's fragmentation can cost a further few percent: treat a close fit as a no.
+GPUS = {"T4": 15e9, "L4": 24e9, "A100-40GB": 40e9, "A100-80GB": 80e9, "H100": 80e9}
+
+
+def fits(est: Estimate, gpu) -> bool:
+    """Does the estimate fit on `gpu` (a name in GPUS or a number of bytes)?"""
+    if isinstance(gpu, str):
+        _check("gpu", gpu, GPUS, "Or pass the usable memory in bytes.")
+        gpu = GPUS[gpu]
+    return est.total <= gpu
+
+
+def largest_model_that_fits(method: str, gpu, **kwargs) -> str | None:
+    """The preset with the most parameters whose estimate fits on `gpu` (None if none does)."""
+    best = None
+    for name in sorted(ARCHS, key=lambda n: param_count(ARCHS[n])):
+        if fits(estimate(name, method, **kwargs), gpu):
+            best = name
+    return best
