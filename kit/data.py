@@ -16,10 +16,12 @@ retention are measured in the setting the model knows.
 Tasks (`make_task`):
   "dates"   normalise a date written in one of six styles to ISO 8601 (YYYY-MM-DD).
             The base model gets almost none right; a short LoRA run learns it.
-  "extract" pull name, age and current city out of a sentence into a JSON object. Some
-            templates mention a second city (where the person came from) or give the age
-            in words or as "turns 35 next month" (age 34). Harder: a short run gets it
-            partly right, so methods and ranks can differ.
+  "extract" pull name, age and current city out of a sentence into a JSON object
+            '{"name": "Maria", "age": 34, "city": "Lisbon"}'. Half the sentences state the
+            age (in digits or words), a quarter need a small sum ("turns 35 next month"),
+            a quarter a subtraction ("It is 2024. ... born in 1990"); many also name a
+            second city (where the person came from). Harder: a short run gets it partly
+            right, so methods and ranks can differ.
 """
 from __future__ import annotations
 
@@ -115,24 +117,31 @@ def number_words(n: int) -> str:
     return TENS[n // 10] + ("-" + ONES[n % 10] if n % 10 else "")
 
 
-# Sentence templates: {n} name, {a} age as written, {c} current city, {o} another city,
-# {a1} next year's age. The answer's city is always {c}, the age always the true age.
-EXTRACT_TEMPLATES = [
-    "{n}, {a}, moved to {c} last year.",
-    "{n} is {a} years old and lives in {c}.",
-    "At {a}, {n} left {o} for {c}.",
-    "{c} has been {n}'s home for years; {n} is {a}.",
-    "Born in {o}, {n} now lives in {c} and is {a}.",
-    "The {a}-year-old {n} runs a small bakery in {c}.",
-    "Meet {n}: {a} years old, based in {c}.",
-    "{n} ({a}) works in {c} but grew up in {o}.",
-    "After years in {o}, {n} settled in {c} at the age of {a}.",
-    "{n} turns {a1} next month; the party will be in {c}, where {n} lives.",
-    "Residents of {c} know {n}, aged {a}, as the best chess player in town.",
-    "Hi, I'm {n}! I'm {a} and I just moved from {o} to {c}.",
-    "Name: {n}. Hometown: {o}. Current city: {c}. Age: {a}.",
-    "{n}, who is {a}, flew from {o} back home to {c} on Sunday.",
-]
+# Sentence templates, by what it takes to find the age. {n} name, {c} the current city
+# (always the answer's city), {o} another city (a distractor), {a} the age as written
+# (digits, or words 30% of the time), {a1} age + 1, {k} 2..9 years, {ak} age + k,
+# {ap} age - k, {b} birth year, {y} the year "now" (age = y - b), {s} a year in between.
+EXTRACT_TEMPLATES = {
+    "stated": [      # the age is in the sentence
+        "{n}, {a}, moved to {c} last year.",
+        "{n} is {a} years old and lives in {c}.",
+        "At {a}, {n} left {o} for {c}.",
+        "The {a}-year-old {n} runs a small bakery in {c}.",
+        "{n} ({a}) works in {c} but grew up in {o}.",
+        "Name: {n}. Hometown: {o}. Current city: {c}. Age: {a}.",
+    ],
+    "relative": [    # a small addition or subtraction
+        "{n} turns {a1} next month; the party will be in {c}, where {n} lives.",
+        "{n} will be {ak} in {k} years and plans to stay in {c}.",
+        "{k} years ago {n} was {ap} and lived in {o}; now {n} lives in {c}.",
+    ],
+    "birth_year": [  # age = the year now - the birth year
+        "It is {y}. {n} was born in {b} and lives in {c}.",
+        "In {y}, {n} (born {b}) moved from {o} to {c}.",
+        "{n}, born in {b}, has lived in {c} since {s}. The year is now {y}.",
+        "The year is {y}: {n} from {c}, born in {b}, won the city marathon.",
+    ],
+}
 
 
 def extract_answer(name: str, age: int, city: str) -> str:
@@ -142,14 +151,15 @@ def extract_answer(name: str, age: int, city: str) -> str:
 
 def extract_example(rng: random.Random) -> tuple[str, str]:
     """A random sentence about a person -> (prompt, JSON answer)."""
-    template = rng.choice(EXTRACT_TEMPLATES)
+    kind = rng.choice(["stated", "stated", "relative", "birth_year"])  # 1/2, 1/4, 1/4
+    template = rng.choice(EXTRACT_TEMPLATES[kind])
     name = rng.choice(NAMES)
     city, other = rng.sample(CITIES, 2)
-    age = rng.randint(20, 88)
-    in_words = rng.random() < 0.3
-    written = number_words(age) if in_words else str(age)
-    next_year = number_words(age + 1) if in_words else str(age + 1)
-    sentence = template.format(n=name, a=written, c=city, o=other, a1=next_year)
+    age, k, y = rng.randint(20, 88), rng.randint(2, 9), rng.randint(2000, 2030)
+    written = number_words(age) if rng.random() < 0.3 else str(age)
+    sentence = template.format(n=name, c=city, o=other, a=written, a1=age + 1, k=k,
+                               ak=age + k, ap=age - k, b=y - age, y=y,
+                               s=rng.randint(y - age + 1, y))
     return f"Extract name, age and city as JSON: {sentence}", extract_answer(name, age, city)
 
 
@@ -419,8 +429,7 @@ def _tokenize_split(ds, tokenizer, max_length: int, overflow: str, split: str):
     if len(ds) and not kept:
         raise ValueError(f"Every example of {split} is longer than max_length={max_length}; "
                          "raise max_length.")
-    columns = {c: [ds[c][i] for i in kept] for c in ds.column_names}
-    return Dataset.from_dict({**columns, **new})
+    return Dataset.from_dict({**ds.select(kept).to_dict(), **new})
 
 
 def tokenize(data, tokenizer, max_length: int = 256, overflow: str = "truncate"):

@@ -1,0 +1,139 @@
+"""kit.evaluate: batched greedy generation, the exact-match rule, validation loss,
+retention. Fast tests use tiny-llama or a stand-in for generate; slow ones the 135M model."""
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from kit import data as kd
+from kit import evaluate as ke
+
+
+# ----------------------------------------------------------------------------- generation
+def test_batched_generation_equals_one_at_a_time(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: varied tokens instead of repeated "\n"
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    model.train()  # generate must switch to eval and back
+    prompts = ["Convert the date to ISO 8601 (YYYY-MM-DD): March 5, 2021",
+               "Hi",
+               "Extract name, age and city as JSON: Maria, 34, moved to Lisbon last year."]
+    side = tok.padding_side
+    together = ke.generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    alone = [ke.generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    assert together == alone  # right padding would change the 2nd and 3rd answers
+    assert len(set(together)) == 3 and all(together)
+    assert tok.padding_side == side and model.training
+
+
+def test_generate_rejects_bad_arguments(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="list of strings"):
+        ke.generate(model, tok, "Hi")
+    with pytest.raises(ValueError, match="batch_size"):
+        ke.generate(model, tok, ["Hi"], batch_size=0)
+
+
+# ----------------------------------------------------------------------------- exact match
+@pytest.mark.parametrize("got, expected, task, ok", [
+    ("2021-03-05", "2021-03-05", "dates", True),
+    ("  2021-03-05\n", "2021-03-05", None, True),
+    ("2021-3-5", "2021-03-05", "dates", False),
+    ('{"city": "Lisbon", "age": 34, "name": "Maria"}',
+     '{"name": "Maria", "age": 34, "city": "Lisbon"}', "extract", True),    # key order
+    ('{"name":"Maria","age":34,\n "city":"Lisbon"}',
+     '{"name": "Maria", "age": 34, "city": "Lisbon"}', None, True),         # whitespace
+    ('{"name": "Maria", "age": "34", "city": "Lisbon"}',
+     '{"name": "Maria", "age": 34, "city": "Lisbon"}', "extract", False),   # "34" != 34
+    ('```json\n{"name": "Maria", "age": 34, "city": "Lisbon"}\n```',
+     '{"name": "Maria", "age": 34, "city": "Lisbon"}', "extract", False),   # text around
+    ('{"name": "Maria", "age": 34}',
+     '{"name": "Maria", "age": 34, "city": "Lisbon"}', "extract", False),   # missing key
+    ("not json", '{"a": 1}', "extract", False),
+])
+def test_answers_match_rule(got, expected, task, ok):
+    assert ke.answers_match(got, expected, task) is ok
+
+
+def test_exact_match_counts_with_a_stand_in_generate(monkeypatch):
+    data = Dataset.from_dict({
+        "prompt": ["p1", "p2", "p3", "p4"],
+        "response": ["2021-03-05", '{"name": "A", "age": 3, "city": "B"}', "x", "y"]})
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=25):
+        seen.update(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        answers = {"p1": " 2021-03-05 ", "p2": '{"city": "B", "age": 3, "name": "A"}',
+                   "p3": "no", "p4": "y"}
+        return [answers[p] for p in prompts]
+
+    monkeypatch.setattr(ke, "generate", fake_generate)
+    from kit.models import load_model
+    tok = load_model("tiny-llama")[1]
+    r = ke.exact_match(None, tok, data, batch_size=7)
+    assert (r["correct"], r["total"], r["accuracy"]) == (3, 4, 0.75)
+    assert [x["ok"] for x in r["examples"]] == [True, True, False, True]
+    assert r["examples"][2] == {"prompt": "p3", "expected": "x", "got": "no", "ok": False}
+    longest = max(len(tok(e, add_special_tokens=False)["input_ids"]) for e in data["response"])
+    assert seen["max_new_tokens"] == longest + 8 and seen["batch_size"] == 7
+    r2 = ke.exact_match(None, tok, data, n=2)
+    assert (r2["correct"], r2["total"]) == (2, 2) and seen["prompts"] == ["p1", "p2"]
+    with pytest.raises(ValueError, match="one split"):
+        ke.exact_match(None, tok, kd.make_task("dates", 2, 1, 1))
+
+
+# ----------------------------------------------------------------------------- loss
+def test_validation_loss_is_the_token_weighted_answer_loss(tiny):
+    model, tok = tiny
+    data = kd.make_task("extract", n_train=5, n_val=0, n_test=0, seed=0)["train"]
+    tokenized = kd.tokenize(data, tok)
+    model.train()
+    r = ke.validation_loss(model, tokenized, tok.pad_token_id, batch_size=3)  # padded batches
+    assert model.training
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in tokenized:  # one unpadded example at a time, transformers' own loss
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            tokens += n
+    assert r["tokens"] == tokens
+    assert r["loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="tokenize"):
+        ke.validation_loss(model, data, tok.pad_token_id)
+
+
+# ----------------------------------------------------------------------------- retention
+def test_retention_is_case_insensitive_substring(monkeypatch):
+    monkeypatch.setattr(ke, "generate", lambda m, t, prompts, **kw:
+                        ["The capital is PARIS.", "I don't know.", "berlin"][:len(prompts)])
+    probe = [("Capital of France?", "Paris"), ("Capital of Italy?", "Rome"),
+             ("Capital of Germany?", "Berlin")]
+    r = ke.retention(None, None, probe)
+    assert (r["score"], r["correct"], r["total"]) == (pytest.approx(2 / 3), 2, 3)
+    assert r["failures"] == [{"question": "Capital of Italy?", "expected": "Rome",
+                              "got": "I don't know."}]
+
+
+# ----------------------------------------------------------------------------- the 135M model
+@pytest.mark.slow
+def test_base_model_answers_the_retention_probe(bundled_shared):
+    model, tok = bundled_shared
+    r = ke.retention(model, tok)
+    assert r["score"] >= 0.9, r["failures"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", kd.TASKS)
+def test_base_model_fails_the_tasks(bundled_shared, task):
+    model, tok = bundled_shared
+    test = kd.make_task(task, n_train=0, n_val=0, n_test=20, seed=0)["test"]
+    r = ke.exact_match(model, tok, test, task=task)
+    assert r["accuracy"] <= 0.2, r["examples"][:3]

@@ -1,0 +1,61 @@
+"""01 · Full fine-tuning, run headless with its smoke parameters; assertions on what it recorded."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.runner import execute, smoke_parameters
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_full_finetuning.ipynb"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run01")
+    params = smoke_parameters(NB)
+    outcome = execute(NB, folder, params)
+    assert outcome.ok, outcome.error
+    return folder, params, json.loads((folder / "results" / "01_full_finetuning.json").read_text())
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_every_parameter_trains_and_the_ledger_shows_it(recorded):
+    _, _, res = recorded
+    assert res["trainable"] == res["parameters"] and res["trainable_share"] == 1.0
+    ledger = res["ledger"]
+    assert ledger["gradients"] == ledger["weights"]             # one fp32 gradient per fp32 weight
+    assert ledger["optimizer"] >= 2 * ledger["weights"]         # Adam: two moments per weight
+    assert 15.9 < res["bytes_per_param_states"] < 16.2          # 4 + 4 + 8 bytes in fp32
+    assert ledger["activations"] > 0 and res["step_time_s"] > 0
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_losses_are_recorded_per_evaluation(recorded):
+    _, params, res = recorded
+    steps, every = params["STEPS"], params["EVAL_EVERY"]
+    assert len(res["train_loss"]) == steps
+    assert [e["step"] for e in res["evals"]] == list(range(0, steps + 1, every))  # 0, every, ..., end
+    assert len(res["val_losses"]) == len(res["evals"])
+    assert min(res["val_losses"][1:]) < res["val_losses"][0]     # training lowered the validation loss
+    assert res["best_eval_step"] in [e["step"] for e in res["evals"]]
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_accuracy_retention_estimate_and_overview(recorded):
+    folder, _, res = recorded
+    for key in ("accuracy_before", "accuracy_after", "retention_before", "retention_after"):
+        assert 0.0 <= res[key] <= 1.0
+    est = res["estimate_7b"]["mixed precision (AMP)"]
+    states = est["weights"] + est["gradients"] + est["optimizer"]
+    assert 15.9 < states / res["params_7b"] < 16.1              # 16 bytes per parameter
+    assert est["total"] / 1e9 > res["seed_7b_gb"]               # more than the seed's 60 GB
+    row = res["overview_row"]
+    assert row["method"] == "full" and row["trainable_share"] == 1.0
+    assert row["train_memory_mb"] > 3 * row["weight_memory_mb"]
+    for name in ("01_memory_ledger", "01_loss_curves", "01_estimate_7b"):
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 5_000
+    if res["checkpoint_mb"] is not None:
+        assert (folder / "checkpoints" / "01_full" / "model.safetensors").exists()

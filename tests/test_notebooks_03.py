@@ -1,0 +1,66 @@
+"""03 · LoRA in practice, run headless with its smoke parameters; assertions on what it recorded."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.runner import execute, smoke_parameters
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "03_lora_in_practice.ipynb"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run03")
+    params = smoke_parameters(NB)
+    outcome = execute(NB, folder, params)
+    assert outcome.ok, outcome.error
+    return folder, params, json.loads((folder / "results" / "03_lora_in_practice.json").read_text())
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_few_parameters_train_and_training_helps(recorded):
+    _, _, res = recorded
+    assert res["rank"] == 8 and res["trainable_share"] < 0.02
+    assert res["accuracy_after"] > res["accuracy_before"]
+    assert res["train_loss"][-1] < res["train_loss"][0]
+    # the frozen base needs no gradients and no Adam states: those bars shrink
+    assert res["ledger"]["gradients"] < 0.05 * res["ledger_full"]["gradients"]
+    assert res["ledger"]["optimizer"] < 0.05 * res["ledger_full"]["optimizer"]
+    assert res["ledger"]["total"] < res["ledger_full"]["total"]
+    row = res["overview_row"]
+    assert row["method"] == "lora" and row["trainable_share"] == res["trainable_share"]
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_adapter_file_is_small_and_reloads_and_merges(recorded):
+    _, _, res = recorded
+    assert res["adapter_bytes"] < 0.05 * res["model_bytes"]
+    assert res["reload_max_abs_diff"] < 1e-4
+    assert res["merge_max_abs_diff"] < 1e-3
+    assert res["lora_modules_after_merge"] == 0
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_swap_changes_outputs_and_disable_restores_the_base(recorded):
+    _, _, res = recorded
+    assert res["swap_max_abs_diff"] > 1e-2
+    assert res["disable_max_abs_diff"] < 1e-5
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_sweeps_are_recorded(recorded):
+    folder, params, res = recorded
+    sweep = sorted(res["sweep"], key=lambda x: x["r"])
+    assert [x["r"] for x in sweep] == sorted(params["SWEEP_RANKS"])
+    assert all(a["trainable"] < b["trainable"] for a, b in zip(sweep, sweep[1:]))
+    qv, al = res["targets_compare"]["q_proj,v_proj"], res["targets_compare"]["all-linear"]
+    assert qv["trainable"] < al["trainable"]
+    assert sorted(x["lr"] for x in res["lr_compare"]) == sorted(params["LR_COMPARE"])
+    for name in ("03_memory_ledger", "03_loss_curves", "03_file_sizes", "03_rank_sweep",
+                 "03_targets", "03_learning_rates"):
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 5_000

@@ -1,0 +1,58 @@
+"""04 · Quantization, run headless with its smoke parameters; assertions on what it recorded."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.runner import execute, smoke_parameters
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_quantization_notebook(tmp_path):
+    outcome = execute(NB, tmp_path, smoke_parameters(NB))
+    assert outcome.ok, outcome.error
+    res = json.loads((tmp_path / "results" / "04_quantization.json").read_text())
+
+    # the kit's NF4 is bitsandbytes' NF4: same levels, same codes, same dequantized weights
+    check = res["nf4_check"]
+    assert check["codebook_equal"] is True
+    assert check["codes_equal_share"] == 1.0
+    assert check["dequant_max_abs_diff"] == 0.0
+    assert check["loaded_layer_type"] == "Linear4bit"
+    assert check["loaded_codes_equal_share"] == 1.0            # the model bnb loaded holds our codes
+    assert check["loaded_vs_ours_mse"] < 0.05 * check["ours_vs_fp32_mse"]
+
+    # error falls as bits rise (and about 6 dB per bit once the grid is fine)
+    sweep = sorted(res["bits_sweep"], key=lambda r: r["bits"])
+    assert [r["bits"] for r in sweep] == list(range(2, 9))
+    mses = [r["mse"] for r in sweep]
+    assert all(a > b for a, b in zip(mses, mses[1:])), mses
+    assert 5.0 < sweep[-1]["sqnr_db"] - sweep[-2]["sqnr_db"] < 7.0
+    memory = [r["model_weights_mb"] for r in sweep]
+    assert all(a < b for a, b in zip(memory, memory[1:]))
+
+    # blockwise beats one absmax per tensor; double quantization: 4.5 -> about 4.127 bits
+    by = {(r["blocksize"], r["kind"]): r for r in res["blocksize_sweep"]}
+    assert by[("64", "nf4")]["mse"] < by[("tensor", "nf4")]["mse"] / 5
+    assert res["int4_zero_share_per_tensor"] > res["int4_zero_share_blockwise"]
+    dq = res["double_quant"]
+    assert dq["plain_bits_per_param"] == pytest.approx(4.5)
+    assert dq["double_bits_per_param"] == pytest.approx(4.127, abs=0.002)
+    assert dq["bnb_double_bits_per_param"] == pytest.approx(dq["double_bits_per_param"], abs=0.002)
+
+    # NF4 has the smallest error of the 4-bit code books on real weights
+    fe = res["format_errors"]
+    assert fe["NF4"] < fe["FP4"] and fe["NF4"] < fe["int4"]
+
+    # whole model: the 4-bit model's weights take less than a third of fp32's; 2 bits break it
+    rows = {r["format"]: r for r in res["whole_model"]}
+    assert rows["nf4"]["weights_mb"] < rows["fp32"]["weights_mb"] / 3
+    assert res["nf4_weight_ratio"] < 1 / 3
+    assert rows["bf16"]["weights_mb"] == pytest.approx(rows["fp32"]["weights_mb"] / 2, rel=0.01)
+    assert rows["nf4 (fake)"]["loss"] == pytest.approx(rows["nf4"]["loss"], rel=0.1)
+    assert rows["int2 (fake)"]["loss"] > rows["nf4"]["loss"] > rows["fp32"]["loss"] * 0.95
+    for name in ("04_codebooks", "04_blocksize", "04_bits", "04_formats", "04_whole_model"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
