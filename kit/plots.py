@@ -503,6 +503,7 @@ def estimate_vs_measured(rows: dict, title: str = ""):
 
     fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.8), squeeze=False)
     for ax, (method, table) in zip(axes[0], rows.items()):
+        table = [r for r in table if r["measured"] or r["estimated"]]   # no empty bars (quant constants)
         comps = [r["component"] for r in table]
         x = list(range(len(comps)))
         ax.bar([i - 0.2 for i in x], [max(r["measured"], 1) / 1e6 for r in table], 0.4,

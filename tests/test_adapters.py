@@ -79,10 +79,14 @@ def test_merged_lora_equals_the_adapter_model(tiny):
     assert (logits(merged, batch) - base_logits).abs().max() > 1e-2  # the adapter did change it
 
 
-def test_merged_qlora_dequantizes_and_equals_the_adapter_model():
+def test_qlora_adapter_reloads_and_merges_by_dequantizing(tmp_path):
     model, tok = load_model("tiny-llama", quantization="nf4")
     batch = sample_batch(tok)
     model = with_adapter(model, seed=2, targets=["q_proj", "v_proj", "down_proj"])
+    info = save_adapter(model, tmp_path / "qlora")
+    reloaded = load_adapter(load_model("tiny-llama", quantization="nf4")[0], info["path"])
+    assert max_logit_diff(model, reloaded, batch) == 0.0  # NF4 quantization is deterministic
+
     result = merge(model, batch)
     print("QLoRA merge info:", result.info)  # the measured difference, for the record
     assert result.info["method"] == "qlora" and result.info["dtype"] == "float32"

@@ -68,7 +68,7 @@ def test_tables_follow_rank_and_gpu(tmp_path):
     a = run(tmp_path / "a", RANK=4, GPU="T4", **tiny)
     b = run(tmp_path / "b", RANK=16, GPU="A100-80GB", **tiny)
     share = lambda res, m: next(r for r in res["overview_rows"] if r["method"] == m)["trainable_share"]
-    assert share(b, "lora") == pytest.approx(4 * share(a, "lora"), rel=0.01)      # r 4 -> 16
+    assert share(b, "lora") == pytest.approx(4 * share(a, "lora"), rel=0.02)      # r 4 -> 16
     assert share(b, "qlora") > share(a, "qlora")
     assert b["calculator"]["total_gb"] > a["calculator"]["total_gb"]
     assert b["calculator"]["gpu_gb"] > a["calculator"]["gpu_gb"]
