@@ -116,6 +116,9 @@ def _check_config(method: str, config: TrainConfig) -> None:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {config.schedule!r}.")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {config.optimizer!r}.")
+    if config.optimizer == "paged_adamw_8bit" and read_profile().device != "cuda":
+        raise ValueError("optimizer='paged_adamw_8bit' needs a CUDA GPU (it pages optimizer state "
+                         "through CUDA unified memory); this machine has none. Use optimizer='adamw'.")
     if config.warmup_steps is not None and config.warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0 or None (10% of steps); got {config.warmup_steps!r}.")
     if config.eval_every < 0:
@@ -244,11 +247,7 @@ def precision(prof: DeviceProfile) -> dict:
 
 
 def make_optimizer(params: list, name: str, lr: float, weight_decay: float, prof: DeviceProfile):
-    if name == "paged_adamw_8bit":
-        if prof.device != "cuda":
-            raise ValueError("optimizer='paged_adamw_8bit' needs a CUDA GPU (it pages optimizer "
-                             f"state through CUDA unified memory); this is {prof.device!r}. "
-                             "Use optimizer='adamw'.")
+    if name == "paged_adamw_8bit":  # CUDA only (checked in _check_config)
         import bitsandbytes as bnb
         return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -22,6 +22,12 @@ FAST = dict(steps=5, batch_size=2, warmup_steps=0, schedule="constant", eval_eve
 
 
 @pytest.fixture(scope="module")
+def tiny_shared():
+    """One tiny-llama for tests that are refused before anything touches the model."""
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
 def tiny4():
     """tiny-llama with a 4-bit NF4 base (hidden 64 = one blocksize of 64); read-only use."""
     return load_model("tiny-llama", quantization="nf4")
@@ -112,8 +118,8 @@ def test_precision_follows_the_device_policy():
     assert a100 == {"autocast": torch.bfloat16, "grad_scaling": False}
 
 
-def test_linear_names_lists_the_targets(tiny):
-    assert linear_names(tiny[0]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+def test_linear_names_lists_the_targets(tiny_shared):
+    assert linear_names(tiny_shared[0]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
                                      "up_proj", "v_proj"]
 
 
@@ -129,14 +135,14 @@ def test_linear_names_lists_the_targets(tiny):
     ({"optimizer": "paged_adamw_8bit"}, r"paged_adamw_8bit.*needs a CUDA GPU.*optimizer='adamw'"),
     ({"learning_rate": 1e-3}, r"Unknown setting\(s\) \['learning_rate'\].*'lr'"),
 ])
-def test_bad_settings_are_refused_with_a_fix(tiny, overrides, match):
-    model, tok = tiny
+def test_bad_settings_are_refused_with_a_fix(tiny_shared, overrides, match):
+    model, tok = tiny_shared
     with pytest.raises(ValueError, match=match):
         finetune(model, tok, doubling(), "lora", **(FAST | overrides))
 
 
-def test_unknown_method_and_empty_data_are_refused(tiny):
-    model, tok = tiny
+def test_unknown_method_and_empty_data_are_refused(tiny_shared):
+    model, tok = tiny_shared
     with pytest.raises(ValueError, match=r"method must be one of \('full', 'lora', 'qlora'\)"):
         finetune(model, tok, doubling(), "adapter", **FAST)
     empty = DatasetDict({"train": Dataset.from_list([{"prompt": "a", "response": "b"}]).select([])})
@@ -144,9 +150,9 @@ def test_unknown_method_and_empty_data_are_refused(tiny):
         finetune(model, tok, empty, "lora", **FAST)
 
 
-def test_qlora_needs_a_4bit_base_and_usable_bitsandbytes(tiny, tiny4, monkeypatch):
+def test_qlora_needs_a_4bit_base_and_usable_bitsandbytes(tiny_shared, tiny4, monkeypatch):
     with pytest.raises(ValueError, match=r"needs a 4-bit base.*load_model\(name, quantization='nf4'\)"):
-        prepare_model(tiny[0], "qlora")
+        prepare_model(tiny_shared[0], "qlora")
     with pytest.raises(ValueError, match=r"LoRA on a 4-bit base is QLoRA, use method='qlora'"):
         prepare_model(tiny4[0], "lora")
     import kit.train
@@ -175,9 +181,9 @@ def test_lora_learns_the_dates_task_on_the_bundled_model(bundled):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny, monkeypatch):
+def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch):
     from kit.train import check_fits
-    model, _ = tiny
+    model, _ = tiny_shared
     cfg = TrainConfig(batch_size=64)
     check_fits(model, "lora", cfg, 512, make_profile("cpu"))  # CPUs: skipped
     t4 = make_profile("cuda", "Tesla T4", (7, 5), 15 * 2**30, bnb_backend="cuda")
