@@ -243,11 +243,14 @@ def compare_bars(rows: list, metrics: tuple, label_key: str = "label", highlight
     axes = [axes] if len(metrics) == 1 else list(axes)
     labels = [str(r[label_key]) for r in rows]
     for ax, metric in zip(axes, metrics):
-        values = [r[metric] for r in rows]
+        values = [r[metric] if r[metric] is not None else float("nan") for r in rows]
         colors = ["tab:red" if l == highlight else "tab:blue" for l in labels]
         ax.bar(labels, values, color=colors)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:,.3g}", ha="center", va="bottom", fontsize=8)
+            ax.text(i, 0 if v != v else v, "not run" if v != v else f"{v:,.3g}", ha="center",
+                    va="bottom", fontsize=8)
+        if "accuracy" in metric or "share" in metric:  # shares: a fixed 0..1 axis
+            ax.set_ylim(0, 1.08)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.tick_params(axis="x", labelsize=8, rotation=15)
     fig.suptitle(title, fontsize=10)

@@ -15,6 +15,7 @@ NAME = "06_choosing_a_method"
 
 
 def run(folder, **overrides):
+    folder.mkdir(parents=True, exist_ok=True)
     outcome = execute(NB, folder, {**smoke_parameters(NB), **overrides})
     assert outcome.ok, outcome.error
     return json.loads((folder / "results" / f"{NAME}.json").read_text())
@@ -80,3 +81,22 @@ def test_tables_follow_rank_and_gpu(tmp_path):
     assert a["decision"] != b["decision"]
     est = lambda res: res["estimates"]["lora"]["weights"]
     assert est(b) > est(a)
+
+
+def test_memory_calculator_is_a_plain_function():
+    """The computation behind 06's calculator, without a notebook."""
+    from kit.widgets import memory_calculator
+
+    t4 = memory_calculator("llama-2-7b", "qlora", 4, rank=8, gpu="T4")
+    assert t4["fits"] and t4["headroom_gb"] > 0
+    assert not memory_calculator("llama-2-7b", "full", 32, gpu="T4")["fits"]
+    bigger = memory_calculator("llama-2-7b", "qlora", 4, rank=64, gpu="T4")
+    assert bigger["trainable"] == 8 * t4["trainable"] and bigger["total_gb"] > t4["total_gb"]
+    h100 = memory_calculator("llama-2-7b", "qlora", 4, rank=8, gpu="H100")
+    assert h100["largest"]["qlora"]["params"] > t4["largest"]["qlora"]["params"]
+    longer = memory_calculator("llama-2-7b", "qlora", 4, seq_len=4096, gradient_checkpointing=False)
+    assert longer["estimate"]["activations"] > 8 * t4["estimate"]["activations"]
+    with pytest.raises(ValueError, match="bits"):
+        memory_calculator("llama-2-7b", "full", 4)
+    with pytest.raises(ValueError, match="gpu"):
+        memory_calculator("llama-2-7b", "qlora", 4, gpu="RTX-9090")
