@@ -107,18 +107,20 @@ def test_slider_redraws_and_no_cell_fails(lab, browser, name, slider):
         pytest.fail(f"notebooks/{name}.ipynb is missing")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
-    page.goto(f"{base}/lab/tree/{name}.ipynb?token={token}")
+    page.goto(f"{base}/lab/tree/{name}.ipynb?reset&token={token}")  # reset: no restored tabs
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     try:  # JupyterLab may ask which kernel to start
         page.click(".jp-Dialog button.jp-mod-accept", timeout=10_000)
     except Exception:
         pass
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true",
+                           timeout=90_000)
     page.click("text=Run", timeout=30_000)                        # the Run menu
     page.click("li.lm-Menu-item:has-text('Run All Cells')")
     # done when every code cell shows an execution count ("[7]:", not "[ ]:" or "[*]:")
     page.wait_for_function("""() => {
-        const p = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'));
+        const p = Array.from(document.querySelectorAll(
+            '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt'));
         return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.innerText));
     }""", timeout=300_000, polling=1000)
     page.screenshot(path=str(folder / f"{name}-ran.png"), full_page=False)  # for debugging
