@@ -36,3 +36,13 @@ def bundled_shared():
     """One SmolLM2-135M-Instruct for the whole session: read-only use (evaluation)."""
     from kit.models import load_model
     return load_model("smollm2-135m")
+
+
+def micro_llama(seed: int = 0):
+    """A 2-layer Llama with a 128-token vocabulary, built in milliseconds (no tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).eval()

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+
+from conftest import micro_llama as tiny_llama
 import torch.nn as nn
 
 
@@ -18,15 +20,6 @@ from kit.lora import (  # noqa: E402
 )
 
 
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 class Block(nn.Module):

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+
+from conftest import micro_llama as tiny_llama
 import torch.nn as nn
 
 
@@ -26,15 +28,6 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 # ---------------------------------------------------------------------------
