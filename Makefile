@@ -28,7 +28,7 @@ run: setup            ## the main job: every notebook, headless, into runs/<time
 quick: setup          ## the same with each notebook's smoke parameters (minutes)
 	$(BIN)/python -m kit run --quick
 
-test: setup           ## the whole test suite (about 15 minutes on 2 CPU cores)
+test: setup           ## the whole test suite, notebooks and browser test included
 	$(BIN)/python -m pytest -q
 
 test-fast: setup      ## unit tests only, no notebooks, no browser
