@@ -3,7 +3,10 @@
     prepare      convert the bundled model into the local cache (make setup runs it)
     device       print the device profile and dtype policy
     run          execute every notebook headless into runs/<timestamp>/ (make run)
+    finetune     train from a recipe: --config recipes/cpu-lora.yaml [--knob value ...]
+    gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
     sync-links   rewrite the Colab links of notebooks and README from pyproject's URL
+    sync-recipes rewrite recipes/*.yaml from kit/recipes.py (knobs and their comments)
 """
 from __future__ import annotations
 
@@ -22,7 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", help="run one notebook, by number ('03') or name")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     sub.add_parser("sync-links", help="rewrite Colab links from pyproject's Repository URL")
-    args = parser.parse_args(argv)
+    sub.add_parser("sync-recipes", help="rewrite recipes/*.yaml from kit/recipes.py")
+    ft = sub.add_parser("finetune", help="train from a YAML recipe (recipes/); resumable",
+                        description="Train from a recipe. Any knob of the recipe can be overridden: "
+                                    "--steps 100 --lora_r 16. Knobs: kit/recipes.py (KNOBS).")
+    ft.add_argument("--config", help="a recipe file, or a name from recipes/ (cpu-lora, ...)")
+    gpu = sub.add_parser("gpu-check", help="LoRA and QLoRA steps on the GPU vs the estimator")
+    gpu.add_argument("--steps", type=int, default=5, help="optimizer steps per method (default 5)")
+    gpu.add_argument("--model", default="smollm2-135m", help="model to check (default the bundled one)")
+    gpu.add_argument("--allow-cpu", action="store_true",
+                     help="run on a machine without a GPU too (to test the script itself)")
+    gpu.add_argument("--out", help="write the table and JSON here (default runs/gpu-check)")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "finetune":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if args.command == "prepare":
         from kit.models import ensure_bundled, ensure_tiny
@@ -41,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0 if summary.ok else 1
+    if args.command == "finetune":
+        from kit.finetune_cli import main as finetune_main
+        return finetune_main(args.config, extra)
+    if args.command == "gpu-check":
+        from kit.gpu_check import main as gpu_main
+        return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out)
+    if args.command == "sync-recipes":
+        from kit.recipes import sync as sync_recipes
+        for path in sync_recipes():
+            print(f"updated {path}")
+        return 0
     if args.command == "sync-links":
         from kit.links import sync
         for path in sync():

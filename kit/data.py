@@ -477,12 +477,26 @@ def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
 
 
 def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
-            shuffle: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+            shuffle: bool = True, start: int = 0,
+            shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
     """An endless stream of collated batches. Each epoch is a fresh seeded permutation
     (or the original order with shuffle=False); batches run across epoch boundaries,
-    so every batch has exactly batch_size examples. Same seed -> same stream."""
+    so every batch has exactly batch_size examples. Same seed -> same stream.
+
+    start: skip this many of this stream's batches (resuming at step k with grad_accum a
+           skips k * a), without collating them.
+    shard: (rank, world) for data-parallel training: process `rank` of `world` takes
+           batches rank, rank + world, rank + 2*world, ... of the one seeded stream, so
+           the processes see different examples and together cover the data as one
+           process would.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    rank, world = shard
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world; got {shard!r}.")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0 (batches to skip); got {start!r}.")
     if "input_ids" not in tokenized.column_names:
         raise ValueError("batches needs tokenized data (input_ids, attention_mask, labels); "
                          "call kit.data.tokenize(data, tokenizer) first.")
@@ -492,6 +506,7 @@ def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
     rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
     rng = random.Random(seed)
     pending: list[int] = []
+    position = 0  # index of the next batch in the one global stream
     while True:
         while len(pending) < batch_size:
             order = list(range(len(rows)))
@@ -499,4 +514,11 @@ def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
                 rng.shuffle(order)
             pending += order
         chosen, pending = pending[:batch_size], pending[batch_size:]
+        mine = position % world == rank
+        position += 1
+        if not mine:
+            continue
+        if start > 0:
+            start -= 1
+            continue
         yield collate([rows[i] for i in chosen], pad_token_id)

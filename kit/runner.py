@@ -10,8 +10,10 @@ the cell that failed, its partial output is kept, and the other notebooks still 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +60,36 @@ def smoke_parameters(path: Path) -> dict:
     return dict(meta.get("kit", {}).get("smoke", {}))
 
 
+@contextlib.contextmanager
+def _stderr_to(log: Path):
+    """Send this process's stderr, and that of the kernels it starts, to `log`: the kernel's
+    start-up warnings and progress bars belong in a log, not between the progress lines."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
-    """Run one notebook with papermill into `folder`; never raises for a failing cell."""
+    """Run one notebook with papermill into `folder`; never raises for a failing cell.
+    The kernel's stderr goes to folder/logs/<notebook>.log."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     start = time.time()
     out = folder / path.name
     try:
-        pm.execute_notebook(str(path), str(out), parameters={**parameters, "RUN_DIR": str(folder)},
-                            kernel_name="python3", cwd=str(path.parent), progress_bar=False,
-                            log_output=False)
+        with _stderr_to(folder / "logs" / f"{path.stem}.log"):
+            pm.execute_notebook(str(path), str(out), parameters={**parameters, "RUN_DIR": str(folder)},
+                                kernel_name="python3", cwd=str(path.parent), progress_bar=False,
+                                log_output=False)
         return Outcome(path.stem, True, time.time() - start)
     except PapermillExecutionError as e:
         msg = f"{e.ename}: {e.evalue}".strip()
@@ -109,7 +130,8 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
         else:
             where = f"cell {outcome.cell}" if outcome.cell is not None else "before any cell"
             print(f"FAILED at {where} ({outcome.seconds:.0f} s): {outcome.error[:300]}", flush=True)
-            print(f"      partial output kept in {folder / path.name}", flush=True)
+            print(f"      partial output kept in {folder / path.name}; kernel log in "
+                  f"{folder / 'logs' / (path.stem + '.log')}", flush=True)
     write_report(summary, quick)
     if folder.parent == RUNS:
         link = RUNS / "latest"

@@ -29,6 +29,7 @@ import math
 import resource
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,9 @@ class TrainConfig:
     optimizer: str = "adamw"    # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA only)
     max_length: int = 256       # tokens per example; longer ones are truncated
     progress: bool = True       # show a tqdm progress bar
+    save_every: int = 0         # with a checkpoint_dir: checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2   # newest checkpoints kept on disk
+    stop_after: int = 0         # end this run after N more steps, checkpointed (0 = run to `steps`)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -86,6 +90,7 @@ class History:
     method: str = ""
     memory_kind: str = ""       # what "memory" measures: "cuda_peak_allocated" or "cpu_peak_rss"
     config: dict = field(default_factory=dict)
+    resumed_at: list = field(default_factory=list)  # steps from which a checkpoint was resumed
 
     @property
     def losses(self) -> list[float]:
@@ -99,6 +104,8 @@ class History:
 class FinetuneResult:
     model: nn.Module
     history: History
+    finished: bool = True       # False when stop_after ended the run before `steps`
+    checkpoint: str | None = None  # the last checkpoint written, if any
 
 
 # ---------------------------------------------------------------------------- checks
@@ -123,6 +130,10 @@ def _check_config(method: str, config: TrainConfig) -> None:
         raise ValueError(f"warmup_steps must be >= 0 or None (10% of steps); got {config.warmup_steps!r}.")
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0 (0 = never); got {config.eval_every!r}.")
+    for name, low in (("save_every", 0), ("keep_checkpoints", 1), ("stop_after", 0)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
     _check_lora(config.lora)
 
 
@@ -327,15 +338,25 @@ def _with_overrides(config: TrainConfig | None, overrides: dict) -> TrainConfig:
 
 # ---------------------------------------------------------------------------- the loop
 def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
-             config: TrainConfig | None = None, **overrides) -> FinetuneResult:
+             config: TrainConfig | None = None, *, checkpoint_dir=None, accelerator=None,
+             on_step=None, **overrides) -> FinetuneResult:
     """Fine-tune `model` on `data` (prompt/response DatasetDict, or already tokenized).
 
     method:    "full" | "lora" | "qlora" (a 4-bit base from load_model(..., quantization="nf4")).
     config:    a TrainConfig; keyword overrides win: finetune(m, tok, data, steps=10, r=4).
     A model that already has peft adapters keeps training them (method "lora"/"qlora").
+
+    For longer runs (what `python -m kit finetune` uses):
+    checkpoint_dir: write checkpoints there (every config.save_every steps, at the end, and
+                 when interrupted with Ctrl-C) and resume from the newest one found.
+    accelerator: an `accelerate.Accelerator` when several processes train together
+                 (`accelerate launch`): each takes its own shard of the batches and the
+                 gradients are averaged across processes, so all keep the same weights.
+    on_step:     called with each step's record (a dict) after the step.
     """
     from peft import PeftModel
     from tqdm.auto import tqdm
+    from kit import checkpoint
     from kit.data import batches
 
     config = _with_overrides(config, overrides)
@@ -356,67 +377,116 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
         pass  # continue training the adapters it has
     else:
         model = prepare_model(model, method, config.lora, config.gradient_checkpointing)
+    check_fits(model, method, config, seq_len, prof)
+    inner, rank, world, main = model, 0, 1, True
+    if accelerator is not None:  # several processes: wrap for gradient averaging (DDP / FSDP)
+        model = accelerator.prepare_model(model)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        main = accelerator.is_main_process
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters. A loaded adapter must be loaded "
                          "with load_adapter(..., is_trainable=True) to train it further.")
     device = params[0].device
-    check_fits(model, method, config, seq_len, prof)
 
     optimizer = make_optimizer(params, config.optimizer, lr, config.weight_decay, prof)
     scaler = torch.amp.GradScaler("cuda", enabled=amp["grad_scaling"])  # fp16 only: no underflow
     autocast = (lambda: torch.autocast("cuda", dtype=amp["autocast"])) if amp["autocast"] \
         else contextlib.nullcontext
-    stream = batches(train_set, config.batch_size, pad_id, seed=config.seed)
     history = History(method=method, config=dataclasses.asdict(config) | {"lr": lr, "warmup_steps": warmup})
+
+    # ---- resume: the newest checkpoint restores weights, optimizer, random state, history
+    settings = {k: v for k, v in history.config.items()
+                if k not in ("save_every", "keep_checkpoints", "stop_after")} | {"method": method,
+                                                                                  "processes": world}
+    start, last_checkpoint = 0, None
+    found = checkpoint.checkpoints(checkpoint_dir) if checkpoint_dir else []
+    if found:
+        state = checkpoint.load(found[-1], inner, optimizer, scaler, settings)
+        start, last_checkpoint = state["step"], str(found[-1])
+        history.steps, history.evals = state["history"]["steps"], state["history"]["evals"]
+        history.resumed_at = state["history"].get("resumed_at", []) + [start]
+    stream = batches(train_set, config.batch_size, pad_id, seed=config.seed,
+                     start=start * config.grad_accum, shard=(rank, world))
     if prof.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def evaluate(step):
         if val_set is not None and config.eval_every:
-            model.eval()
-            history.evals.append({"step": step, "val_loss": validation_loss(model, val_set, pad_id,
+            inner.eval()
+            history.evals.append({"step": step, "val_loss": validation_loss(inner, val_set, pad_id,
                                                                               config.batch_size)})
-            model.train()
+            inner.train()
+
+    def save(step):  # one process writes; the others wait until the files are complete
+        nonlocal last_checkpoint
+        if main:
+            last_checkpoint = str(checkpoint.save(checkpoint_dir, step, inner, optimizer, scaler,
+                                                  history.as_dict(), settings, config.keep_checkpoints))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
 
     model.train()
-    evaluate(0)
-    bar = tqdm(range(config.steps), desc=f"{method} fine-tuning", disable=not config.progress)
-    for step in bar:
-        t0 = time.perf_counter()
-        # ---- learning rate for this step (set by hand, nanoGPT-style)
-        step_lr = lr_at(step, lr, warmup, config.steps, config.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
+    if start == 0:
+        evaluate(0)
+    end = min(config.steps, start + config.stop_after) if config.stop_after else config.steps
+    bar = tqdm(range(start, end), initial=start, total=config.steps, desc=f"{method} fine-tuning",
+               disable=not (config.progress and main))
+    done, rng_done = start, torch.get_rng_state()  # dropout's generator as step `done` left it
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            # ---- learning rate for this step (set by hand, nanoGPT-style)
+            step_lr = lr_at(step, lr, warmup, config.steps, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
 
-        # ---- forward and backward over grad_accum micro-batches
-        step_loss, tokens = 0.0, 0
-        for _ in range(config.grad_accum):
-            batch = {k: v.to(device) for k, v in next(stream).items()}
-            with autocast():
-                loss = model(**batch).loss  # the model shifts labels; -100 (prompt, pad) ignored
-            scaler.scale(loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
-            tokens += int(batch["attention_mask"].sum())
+            # ---- forward and backward over grad_accum micro-batches
+            step_loss, tokens, crc = 0.0, 0, 0
+            for _ in range(config.grad_accum):
+                batch = {k: v.to(device) for k, v in next(stream).items()}
+                with autocast():
+                    loss = model(**batch).loss  # the model shifts labels; -100 (prompt, pad) ignored
+                scaler.scale(loss / config.grad_accum).backward()
+                step_loss += loss.item() / config.grad_accum
+                tokens += int(batch["attention_mask"].sum())
+                crc = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes(), crc)  # which data
 
-        # ---- clip, step, zero
-        if config.max_grad_norm:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            # ---- clip, step, zero
+            if config.max_grad_norm:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
-        # ---- record
-        if prof.device == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        memory, history.memory_kind = peak_memory(prof)
-        history.steps.append({"step": step + 1, "loss": step_loss, "lr": step_lr, "tokens": tokens,
-                              "tokens_per_s": tokens / dt, "step_time": dt, "memory": memory})
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{step_lr:.2e}")
-        if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
-            evaluate(step + 1)
+            # ---- record (with several processes: the mean loss, all tokens)
+            if prof.device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            if accelerator is not None:
+                step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), "mean").item()
+                tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+            memory, history.memory_kind = peak_memory(prof)
+            record = {"step": step + 1, "loss": step_loss, "lr": step_lr, "tokens": tokens,
+                      "tokens_per_s": tokens / dt, "step_time": dt, "memory": memory, "batch_crc": crc}
+            history.steps.append(record)
+            done, rng_done = step + 1, torch.get_rng_state()
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{step_lr:.2e}")
+            if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+                evaluate(done)
+            if on_step is not None:
+                on_step(record)
+            if checkpoint_dir and config.save_every and done % config.save_every == 0 and done < end:
+                save(done)
+    except KeyboardInterrupt:  # Ctrl-C: keep every finished step, then stop
+        if checkpoint_dir and done > start:
+            torch.set_rng_state(rng_done)  # forget an unfinished step's random draws
+            save(done)
+        raise
+    if checkpoint_dir and (done > start or not found):
+        save(done)
 
-    model.eval()
-    return FinetuneResult(model=model, history=history)
+    inner.eval()
+    return FinetuneResult(model=inner, history=history, finished=done >= config.steps,
+                          checkpoint=last_checkpoint)

@@ -184,6 +184,21 @@ def test_batches_are_endless_deterministic_and_cover_each_epoch(tokenizer):
         next(kd.batches(tok, 0, 2))
 
 
+def test_batches_resume_and_shard_the_one_stream(tokenizer):
+    tok = kd.tokenize(kd.make_task("dates", n_train=12, n_val=0, n_test=0, seed=0)["train"], tokenizer)
+    ids = lambda stream, n: [b["input_ids"].tolist() for b, _ in zip(stream, range(n))]  # noqa: E731
+    whole = ids(kd.batches(tok, 4, 2, seed=3), 8)
+    assert ids(kd.batches(tok, 4, 2, seed=3, start=5), 3) == whole[5:8]  # resume mid-epoch
+    rank0 = ids(kd.batches(tok, 4, 2, seed=3, shard=(0, 2)), 4)
+    rank1 = ids(kd.batches(tok, 4, 2, seed=3, shard=(1, 2)), 4)
+    assert rank0 == whole[0::2] and rank1 == whole[1::2] and rank0 != rank1
+    assert ids(kd.batches(tok, 4, 2, seed=3, shard=(1, 2), start=2), 2) == whole[5::2][:2]
+    with pytest.raises(ValueError, match="shard"):
+        next(kd.batches(tok, 4, 2, shard=(2, 2)))
+    with pytest.raises(ValueError, match="start"):
+        next(kd.batches(tok, 4, 2, start=-1))
+
+
 # ----------------------------------------------------------------------------- your data
 ROWS = [{"question": f"q{i}", "answer": f"a{i}", "extra": i} for i in range(20)]
 

@@ -1,0 +1,240 @@
+"""`python -m kit finetune --config recipes/<name>.yaml [--knob value ...]`
+
+The notebooks' training path (kit.train.finetune) driven by a recipe, for runs that
+outgrow a notebook. It writes into the run folder (recipe knob output_dir):
+
+    recipe.yaml        the recipe as run (all knobs, with their comments)
+    checkpoints/       resumable checkpoints: run the same command again to carry on
+    adapter/ | model/  the trained LoRA adapter (safetensors), or the full model
+    history.json       every step's loss, learning rate, speed and memory; validation losses
+    summary.json, summary.md   what was trained, on what hardware, and how well
+    processes/rank-N.json      with several processes: what each one saw and ended with
+
+The same command runs unchanged under `accelerate launch` (see recipes/accelerate/):
+each process trains on its own shard of the batches and the gradients are averaged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from kit import recipes
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _accelerator(recipe: dict):
+    """An Accelerator when launched as several processes (accelerate launch, torchrun)."""
+    if _world() <= 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+    # On a CPU, accelerate only forms a process group (gloo) when told it is on the CPU.
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _data(recipe: dict):
+    from kit.data import load_hub, load_local, make_task
+    if recipe["data_file"]:
+        return load_local(recipe["data_file"], recipe["prompt_column"], recipe["response_column"],
+                          seed=recipe["seed"])
+    if recipe["hub_dataset"]:
+        return load_hub(recipe["hub_dataset"], recipe["prompt_column"], recipe["response_column"],
+                        seed=recipe["seed"])
+    n_test = max(recipe["eval_examples"], 1)
+    return make_task(recipe["task"], n_train=recipe["n_train"], n_val=recipe["n_val"],
+                     n_test=n_test, seed=recipe["seed"])
+
+
+def train_config(recipe: dict):
+    from kit.train import LoraSettings, TrainConfig
+    lora = LoraSettings(r=recipe["lora_r"], alpha=recipe["lora_alpha"], dropout=recipe["lora_dropout"],
+                        targets=recipe["lora_targets"], use_rslora=recipe["use_rslora"])
+    return TrainConfig(steps=recipe["steps"], batch_size=recipe["batch_size"],
+                       grad_accum=recipe["grad_accum"], lr=recipe["learning_rate"],
+                       warmup_steps=recipe["warmup_steps"], schedule=recipe["schedule"],
+                       weight_decay=recipe["weight_decay"], max_grad_norm=recipe["max_grad_norm"],
+                       gradient_checkpointing=recipe["gradient_checkpointing"],
+                       eval_every=recipe["eval_every"], seed=recipe["seed"],
+                       optimizer=recipe["optimizer"], max_length=recipe["max_length"],
+                       save_every=recipe["save_every"], keep_checkpoints=recipe["keep_checkpoints"],
+                       stop_after=recipe["stop_after"], progress=sys.stderr.isatty(), lora=lora)
+
+
+def _knobs(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k in recipes.KNOBS}
+
+
+def _check_same_recipe(folder: Path, recipe: dict) -> None:
+    """A resumed run must be the same recipe (but for knobs that may change)."""
+    import yaml
+    from kit.checkpoint import checkpoints
+    saved_file = folder / "recipe.yaml"
+    if not saved_file.exists() or not checkpoints(folder / "checkpoints"):
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    now = _knobs(recipe)
+    differ = [k for k in now if k not in recipes.RESUMABLE_CHANGES
+              and recipes.coerce(k, saved.get(k, recipes.KNOBS[k].default)) != now[k]]
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now[k]!r} now" for k in differ)
+        raise recipes.RecipeError(
+            f"{folder} holds checkpoints of another recipe ({detail}). Resume with the same knobs, "
+            "or start fresh: --output_dir <new folder>, or --resume false (deletes the checkpoints).")
+
+
+def _weights_crc(model) -> int:
+    from kit.checkpoint import trainable_state
+    crc = 0
+    for name, t in sorted(trainable_state(model).items()):
+        crc = zlib.crc32(t.float().numpy().tobytes(), zlib.crc32(name.encode(), crc))
+    return crc
+
+
+def run(recipe: dict) -> dict:
+    """Train as the (checked) recipe says; returns the summary."""
+    import torch
+    from kit.adapters import save_adapter, save_full
+    from kit.device import profile
+    from kit.evaluate import exact_match
+    from kit.models import load_model, parameter_count
+    from kit.train import finetune
+
+    folder = recipes.output_dir(recipe)
+    accelerator = _accelerator(recipe)
+    main = accelerator is None or accelerator.is_main_process
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    say = print if main else (lambda *a, **k: None)
+    if accelerator is not None and torch.cuda.is_available():
+        torch.cuda.set_device(accelerator.local_process_index)  # one GPU per process
+
+    if main:
+        if not recipe["resume"] and (folder / "checkpoints").exists():
+            shutil.rmtree(folder / "checkpoints")
+            say(f"resume: false -> removed the old checkpoints in {folder}")
+        _check_same_recipe(folder, recipe)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.yaml").write_text(recipes.render(
+            _knobs(recipe), f"Recipe '{recipe['_name']}' as run (from {recipe['_source']})."))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+    prof = profile()
+    say(f"recipe  : {recipe['_name']} ({recipe['_source']}) -> {folder}")
+    say(f"machine : {prof.summary().splitlines()[0]}" + (f"; {world} processes" if world > 1 else ""))
+    quant = None if recipe["quantization"] == "none" else recipe["quantization"]
+    model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"])
+    data = _data(recipe)
+    config = train_config(recipe)
+    n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0
+
+    base_file = folder / "base_eval.json"
+    if n_eval and main and not base_file.exists():  # the base model's score, once per run folder
+        say(f"scoring the base model on {n_eval} test examples ...")
+        base = exact_match(model, tokenizer, data["test"], n=n_eval)
+        base_file.write_text(json.dumps({k: base[k] for k in ("accuracy", "correct", "total")}))
+
+    t0 = time.perf_counter()
+    try:
+        result = finetune(model, tokenizer, data, recipe["method"], config,
+                          checkpoint_dir=folder / "checkpoints", accelerator=accelerator)
+    except KeyboardInterrupt:
+        say(f"\ninterrupted: the finished steps are checkpointed in {folder / 'checkpoints'}; "
+            "run the same command to resume.")
+        raise
+    wall = time.perf_counter() - t0
+    history = result.history
+    model = result.model
+
+    if world > 1:  # each process: which batches it trained on, and the weights it ended with
+        (folder / "processes").mkdir(exist_ok=True)
+        (folder / "processes" / f"rank-{rank}.json").write_text(json.dumps({
+            "rank": rank, "processes": world,
+            "batch_crc": [s["batch_crc"] for s in history.steps],
+            "weights_crc": _weights_crc(model)}, indent=1))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if not main:
+        return {}
+
+    (folder / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    steps_done = len(history.steps)
+    summary = {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
+               "quantization": recipe["quantization"], "processes": world,
+               "device": prof.as_dict(), "steps_done": steps_done, "steps": recipe["steps"],
+               "finished": result.finished, "resumed_at": history.resumed_at,
+               "first_loss": history.steps[0]["loss"] if history.steps else None,
+               "last_loss": history.steps[-1]["loss"] if history.steps else None,
+               "val_loss": history.evals[-1]["val_loss"] if history.evals else None,
+               "median_step_s": (sorted(s["step_time"] for s in history.steps)[steps_done // 2]
+                                 if history.steps else None),
+               "wall_s_this_run": wall, "checkpoint": result.checkpoint,
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "parameters": parameter_count(model)}
+    if not result.finished:
+        say(f"stopped after step {steps_done} of {recipe['steps']} (stop_after); checkpoint "
+            f"{result.checkpoint}. Run the same command to continue.")
+        (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    if recipe["method"] == "full":
+        saved = save_full(model, folder / "model", tokenizer)
+    else:
+        saved = save_adapter(model, folder / "adapter")
+    summary["saved"] = {"path": saved["path"], "mb": saved["mb"]}
+    if n_eval:
+        after = exact_match(model, tokenizer, data["test"], n=n_eval)
+        summary["accuracy_before"] = json.loads(base_file.read_text())["accuracy"]
+        summary["accuracy_after"] = after["accuracy"]
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    (folder / "summary.md").write_text(summary_markdown(summary))
+    say(summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(s: dict) -> str:
+    share = 100 * s["trainable_parameters"] / s["parameters"]
+    rows = [("recipe", s["recipe"]), ("model", s["model"]), ("method", s["method"]),
+            ("base quantization", s["quantization"]),
+            ("hardware", f"{s['device']['device']} {s['device'].get('name', '')}, "
+                         f"{s['device']['compute_dtype']}"
+                         + (f", {s['processes']} processes" if s["processes"] > 1 else "")),
+            ("trainable", f"{s['trainable_parameters']:,} of {s['parameters']:,} ({share:.2f}%)"),
+            ("steps", f"{s['steps_done']} of {s['steps']}" +
+             (f" (resumed at {', '.join(map(str, s['resumed_at']))})" if s["resumed_at"] else "")),
+            ("loss first -> last step", f"{s['first_loss']:.4f} -> {s['last_loss']:.4f}")]
+    if s.get("val_loss") is not None:
+        rows.append(("validation loss at the end", f"{s['val_loss']:.4f}"))
+    rows.append(("median step", f"{s['median_step_s']:.2f} s"))
+    if "accuracy_after" in s:
+        rows.append(("exact match before -> after",
+                     f"{100 * s['accuracy_before']:.0f}% -> {100 * s['accuracy_after']:.0f}%"))
+    if "saved" in s:
+        rows.append(("saved", f"{s['saved']['path']} ({s['saved']['mb']:.1f} MB)"))
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
+def main(config: str | None, extra: list[str]) -> int:
+    """Entry point of `python -m kit finetune`: 0 done (or stopped by stop_after), 2 bad recipe,
+    130 interrupted (Ctrl-C; checkpointed)."""
+    try:
+        recipe = recipes.check(recipes.load(config, recipes.parse_overrides(extra)))
+    except recipes.RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(recipe)
+    except KeyboardInterrupt:
+        return 130
+    except recipes.RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,126 @@
+"""`python -m kit gpu-check`: confirm the GPU paths on the machine at hand.
+
+For LoRA and QLoRA on the bundled model, in the dtype the device policy picks (fp16 with
+a gradient scaler on a T4, bf16 from compute capability 8.0), it runs:
+  1. one step under the memory ledger (kit.memory.measure_step) against the estimator,
+     component by component;
+  2. a few optimizer steps of kit.train.finetune, with the CUDA peak
+     (torch.cuda.max_memory_allocated) against the estimator's total.
+and prints one table, also written to runs/gpu-check/ (gpu_check.md, gpu_check.json).
+
+Run it on a T4 or any CUDA GPU and quote its table with the GPU named. On a machine
+without a GPU it refuses, unless --allow-cpu (which tests the script itself: the
+ledger still compares, there is no CUDA peak).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def check_method(name: str, method: str, steps: int, batch_size: int = 8) -> dict:
+    import torch
+    from kit import memory as M
+    from kit.data import batches, make_task, tokenize
+    from kit.device import profile
+    from kit.models import load_model
+    from kit.train import LoraSettings, finetune, prepare_model
+
+    prof = profile()
+    cuda = prof.device == "cuda"
+    quant = "nf4" if method == "qlora" else None
+    model, tokenizer = load_model(name, quantization=quant)
+    data = make_task("dates", n_train=max(64, steps * batch_size), n_val=0, n_test=0, seed=0)
+    train = tokenize(data["train"], tokenizer)
+    t_max = max(len(ids) for ids in train["input_ids"])
+    lora = LoraSettings(r=8, alpha=16, dropout=0.05)
+    model = prepare_model(model, method, lora)
+
+    # 1. one step under the ledger, a throw-away optimizer, against the estimate
+    batch = next(batches(train, batch_size, tokenizer.pad_token_id, seed=123))
+    params = [p for p in model.parameters() if p.requires_grad]
+    ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
+    bits = 4 if method == "qlora" else (16 if prof.compute_dtype != torch.float32 else 32)
+    common = dict(r=lora.r, gradient_checkpointing=False, compute_dtype=prof.compute_dtype,
+                  lora_dropout=lora.dropout, padded=True, batch_size=batch_size)
+    est_batch = M.estimate(model.config, method, bits=bits, seq_len=batch["input_ids"].shape[1], **common)
+    est_peak = M.estimate(model.config, method, bits=bits, seq_len=t_max, **common)
+
+    # 2. a few real steps; on CUDA the loop records the peak allocated memory
+    if cuda:
+        torch.cuda.empty_cache()
+    t0 = time.perf_counter()
+    result = finetune(model, tokenizer, data, method, steps=steps, batch_size=batch_size,
+                      eval_every=0, progress=False, seed=0)
+    wall = time.perf_counter() - t0
+    hist = result.history.steps
+    later = hist[1:] or hist  # the first step pays for kernel selection and allocation
+    return {
+        "method": method, "model": name, "device": prof.device, "gpu": prof.name,
+        "compute_dtype": str(prof.compute_dtype).replace("torch.", ""),
+        "grad_scaling": prof.grad_scaling,
+        "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in result.model.parameters()
+                                  if p.requires_grad}),
+        "steps": len(hist), "wall_s": wall,
+        "median_step_s": sorted(s["step_time"] for s in later)[len(later) // 2],
+        "tokens_per_s": sum(s["tokens"] for s in later) / sum(s["step_time"] for s in later),
+        "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
+        # the ledger counts tensors that exist at once; the estimate's workspace (transient
+        # buffers at the backward peak) is only in the CUDA peak comparison
+        "ledger_total": ledger.total, "estimate_for_ledger": est_batch.total - est_batch.workspace,
+        "ledger_vs_estimate": M.compare(ledger, est_batch),
+        "cuda_peak": max(s["memory"] for s in hist) if cuda else None,
+        "estimate_peak": est_peak.total, "longest_tokens": t_max, "batch_size": batch_size,
+    }
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.1f}" if n else "-"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| method | device | compute | adapters | s/step | tokens/s | loss first -> last | "
+            "ledger MB | estimate MB | CUDA peak MB | estimate at peak MB | peak / estimate |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        peak = r["cuda_peak"]
+        ratio = f"{peak / r['estimate_peak']:.2f}" if peak else "-"
+        lines.append(
+            f"| {r['method']} | {r['device']} {r['gpu']} | {r['compute_dtype']}"
+            f"{' + scaler' if r['grad_scaling'] else ''} | {'/'.join(r['adapter_dtypes'])} | "
+            f"{r['median_step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} | {r['ledger_total'] / 1e6:.1f} | "
+            f"{r['estimate_for_ledger'] / 1e6:.1f} | {_mb(peak)} | {r['estimate_peak'] / 1e6:.1f} | "
+            f"{ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
+         out: str | None = None) -> int:
+    from kit.device import bnb_error, library_versions, profile
+
+    prof = profile()
+    if prof.device != "cuda" and not allow_cpu:
+        print("gpu-check: this machine has no CUDA GPU (python -m kit device), so there are no GPU "
+              "paths to check. Run it on a GPU machine (a Colab T4 is free), or pass --allow-cpu "
+              "to exercise the script on the CPU.")
+        return 2
+    if steps < 1:
+        print(f"gpu-check: --steps must be >= 1; got {steps}.")
+        return 2
+    print(prof.summary())
+    methods = ["lora"] + (["qlora"] if bnb_error(prof, 4) is None else [])
+    rows = []
+    for method in methods:
+        print(f"\n{method}: {steps} steps of {model} ...", flush=True)
+        rows.append(check_method(model, method, steps))
+    text = table(rows)
+    print("\n" + text)
+    folder = Path(out or "runs/gpu-check")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu_check.md").write_text(f"{prof.summary()}\n\n{text}")
+    (folder / "gpu_check.json").write_text(json.dumps(
+        {"device": prof.as_dict(), "versions": library_versions(), "rows": rows}, indent=1, default=str))
+    print(f"written to {folder}/gpu_check.md and gpu_check.json")
+    return 0
