@@ -142,6 +142,9 @@ def run(recipe: dict) -> dict:
         base = exact_match(model, tokenizer, data["test"], n=n_eval)
         base_file.write_text(json.dumps({k: base[k] for k in ("accuracy", "correct", "total")}))
 
+    say(f"training: {recipe['method']}, {recipe['steps']} steps of {recipe['batch_size']} x "
+        f"{recipe['grad_accum']}" + (f" x {world} processes" if world > 1 else "") +
+        f"; checkpoints in {folder / 'checkpoints'}", flush=True)
     t0 = time.perf_counter()
     try:
         result = finetune(model, tokenizer, data, recipe["method"], config,

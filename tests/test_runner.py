@@ -24,7 +24,8 @@ def test_runner_reports_failures_with_their_cell_and_goes_on(tmp_path, monkeypat
     nbs.mkdir()
     rec = "from kit.notebook import record\nrecord(NAME, {'steps': STEPS, 'overview_row': {'method': NAME, 'step_time_s': 1.5}}, RUN_DIR)"
     _notebook(nbs / "01_good.ipynb", ["RUN_DIR = ''\nSTEPS = 10\nNAME = '01_good'", rec])
-    _notebook(nbs / "02_bad.ipynb", ["RUN_DIR = ''\nSTEPS = 10", "x = 1", "raise ValueError('boom')"])
+    _notebook(nbs / "02_bad.ipynb", ["RUN_DIR = ''\nSTEPS = 10", "import os\nos.write(2, b'kernel noise')",
+                                     "raise ValueError('boom')"])
     _notebook(nbs / "03_after.ipynb", ["RUN_DIR = ''\nSTEPS = 10\nNAME = '03_after'", rec])
     monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
     summary = runner.run(quick=True, folder=tmp_path / "run")
@@ -35,6 +36,8 @@ def test_runner_reports_failures_with_their_cell_and_goes_on(tmp_path, monkeypat
     assert bad.cell == 3 and "boom" in bad.error
     assert "[2/3] 02_bad ... FAILED at cell 3" in out
     assert (tmp_path / "run" / "02_bad.ipynb").exists()          # partial output kept
+    assert "kernel log in" in out and "kernel noise" not in out + capsys.readouterr().err
+    assert "kernel noise" in (tmp_path / "run" / "logs" / "02_bad.log").read_text()  # the kernel's stderr
     results = json.loads((tmp_path / "run" / "results" / "01_good.json").read_text())
     assert results["steps"] == 1                                  # --quick used the smoke value
     report = (tmp_path / "run" / "report.md").read_text()
