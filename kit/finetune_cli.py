@@ -102,6 +102,7 @@ def run(recipe: dict) -> dict:
     """Train as the (checked) recipe says; returns the summary."""
     import torch
     from kit.adapters import save_adapter, save_full
+    from kit.checkpoint import checkpoints
     from kit.device import profile
     from kit.evaluate import exact_match
     from kit.models import load_model, parameter_count
@@ -136,8 +137,10 @@ def run(recipe: dict) -> dict:
     config = train_config(recipe)
     n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0
 
-    base_file = folder / "base_eval.json"
-    if n_eval and main and not base_file.exists():  # the base model's score, once per run folder
+    base_file = folder / "base_eval.json"  # the base model's score, once per run (kept on resume)
+    if main and base_file.exists() and not checkpoints(folder / "checkpoints"):
+        base_file.unlink()  # a fresh start: score this base, not the previous run's
+    if n_eval and main and not base_file.exists():
         say(f"scoring the base model on {n_eval} test examples ...")
         base = exact_match(model, tokenizer, data["test"], n=n_eval)
         base_file.write_text(json.dumps({k: base[k] for k in ("accuracy", "correct", "total")}))
