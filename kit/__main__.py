@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute every notebook headless and write a report")
     run.add_argument("--quick", action="store_true", help="use each notebook's smoke parameters")
     run.add_argument("--only", help="run one notebook, by number ('03') or name")
+    run.add_argument("--from", dest="start", help="run this notebook and the ones after it "
+                     "(with --out: continue an earlier run in its folder)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     sub.add_parser("sync-links", help="rewrite Colab links from pyproject's Repository URL")
     sub.add_parser("sync-recipes", help="rewrite recipes/*.yaml from kit/recipes.py")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from kit.runner import run as run_all
         try:
-            summary = run_all(quick=args.quick, only=args.only, folder=args.out)
+            summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

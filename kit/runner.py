@@ -43,8 +43,14 @@ class RunSummary:
         return all(o.ok for o in self.outcomes)
 
 
-def notebooks(only: str | None = None) -> list[Path]:
+def notebooks(only: str | None = None, start: str | None = None) -> list[Path]:
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if start:
+        first = [i for i, p in enumerate(paths) if p.name.startswith(start) or p.stem == start]
+        if not first:
+            names = ", ".join(p.stem for p in paths)
+            raise ValueError(f"--from {start!r} matches no notebook. Use a number or name from: {names}.")
+        paths = paths[first[0]:]
     if only:
         wanted = [p for p in paths if p.name.startswith(only) or p.stem == only]
         if not wanted:
@@ -112,9 +118,23 @@ def _source_cell(executed: Path, index: int) -> int:
     return index - injected + 1
 
 
+def _merge_outcomes(folder: Path, outcomes: list[Outcome]) -> list[Outcome]:
+    """This run's outcomes plus those of earlier runs into the same folder (--from, --only)
+    for notebooks not run again; stored in outcomes.json."""
+    store = folder / "outcomes.json"
+    earlier = json.loads(store.read_text()) if store.exists() else []
+    merged = {o["name"]: Outcome(**o) for o in earlier} | {o.name: o for o in outcomes}
+    ordered = [merged[k] for k in sorted(merged)]
+    store.write_text(json.dumps([o.__dict__ for o in ordered], indent=1))
+    return ordered
+
+
 def run(quick: bool = False, only: str | None = None, folder: Path | None = None,
-        extra: dict | None = None) -> RunSummary:
-    paths = notebooks(only)
+        extra: dict | None = None, start: str | None = None) -> RunSummary:
+    """Execute the notebooks (all; `only` one; `start` that one and those after it) into
+    `folder` and write its report. Running again into the same folder (--from 05 after a
+    failure) keeps the earlier notebooks' results and outcomes in the report."""
+    paths = notebooks(only, start)
     folder = Path(folder) if folder else RUNS / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(folder)
@@ -132,7 +152,7 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
             print(f"FAILED at {where} ({outcome.seconds:.0f} s): {outcome.error[:300]}", flush=True)
             print(f"      partial output kept in {folder / path.name}; kernel log in "
                   f"{folder / 'logs' / (path.stem + '.log')}", flush=True)
-    write_report(summary, quick)
+    write_report(RunSummary(folder, _merge_outcomes(folder, summary.outcomes)), quick)
     if folder.parent == RUNS:
         link = RUNS / "latest"
         if link.is_symlink() or link.exists():

@@ -43,6 +43,15 @@ def test_runner_reports_failures_with_their_cell_and_goes_on(tmp_path, monkeypat
     report = (tmp_path / "run" / "report.md").read_text()
     assert "FAILED at cell 3" in report and "| 01_good |" in report and "1.50" in report
 
+    # fix 02 and continue the run in its folder from 02: 01's outcome stays in the report
+    _notebook(nbs / "02_bad.ipynb", ["RUN_DIR = ''\nSTEPS = 10", "x = 1"])
+    again = runner.run(quick=True, folder=tmp_path / "run", start="02")
+    assert [o.name for o in again.outcomes] == ["02_bad", "03_after"] and again.ok
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "FAILED" not in report and all(f"| [{n}]" in report for n in ("01_good", "02_bad", "03_after"))
+    with pytest.raises(ValueError, match="--from '09'"):
+        runner.notebooks(start="09")
+
 
 def test_only_selects_by_number_and_rejects_unknown():
     assert [p.stem[:2] for p in runner.notebooks("00")] == ["00"]
