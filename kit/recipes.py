@@ -233,14 +233,26 @@ def _closest_choice(value, choices) -> str:
 
 
 # ---------------------------------------------------------------------------- files and overrides
+def _cache() -> Path:
+    from kit.models import cache_dir
+    return cache_dir() / "recipes"
+
+
 def find(config: str) -> Path:
-    """A recipe path, or a name from recipes/ ('cpu-lora' -> recipes/cpu-lora.yaml)."""
+    """A recipe path, or a name from recipes/ ('cpu-lora' -> recipes/cpu-lora.yaml). Where the
+    kit was installed without its repository (pip in Colab), a named recipe is rendered from
+    RECIPES into the kit's cache."""
     path = Path(config).expanduser()
     if path.is_file():
         return path
     named = RECIPES_DIR / f"{config}.yaml"
     if named.is_file():
         return named
+    if config in RECIPES:
+        cached = _cache() / f"{config}.yaml"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(render(RECIPES[config][1], _title(config)))
+        return cached
     known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
     raise RecipeError(f"--config {config!r} is neither a file nor a recipe name. Recipes: "
                       f"{', '.join(known)}.{_closest_choice(config, known)}")
@@ -452,3 +464,37 @@ def sync(folder: Path = RECIPES_DIR) -> list[Path]:
             path.write_text(text)
             changed.append(path)
     return changed
+
+
+# ---------------------------------------------------------------------------- accelerate launch configs
+# The settings of recipes/accelerate/*.yaml (those files add the explanations); a test keeps
+# the two in step. `accelerate_config` gives the file, written from here where the kit was
+# installed without its repository.
+_LAUNCH = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "num_processes": 2,
+           "mixed_precision": "no", "use_cpu": False, "main_training_function": "main"}
+ACCELERATE: dict[str, dict] = {
+    "cpu-2proc": _LAUNCH | {"distributed_type": "MULTI_GPU", "dynamo_config": {}},
+    "multi-gpu": _LAUNCH | {"distributed_type": "MULTI_GPU", "gpu_ids": "all", "dynamo_config": {}},
+    "fsdp-qlora": _LAUNCH | {"distributed_type": "FSDP", "fsdp_config": {
+        "fsdp_version": 1, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_sharding_strategy": "FULL_SHARD", "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_offload_params": False, "fsdp_use_orig_params": True,
+        "fsdp_cpu_ram_efficient_loading": True, "fsdp_sync_module_states": True}},
+}
+
+
+def accelerate_config(name: str) -> Path:
+    """The `accelerate launch --config_file` for `name` (cpu-2proc, multi-gpu, fsdp-qlora)."""
+    import yaml
+
+    if name not in ACCELERATE:
+        raise RecipeError(f"name must be one of {', '.join(ACCELERATE)}; got {name!r}.")
+    path = RECIPES_DIR / "accelerate" / f"{name}.yaml"
+    if path.is_file():
+        return path
+    cached = _cache() / "accelerate" / f"{name}.yaml"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(f"# Written by kit.recipes.accelerate_config; recipes/accelerate/{name}.yaml in\n"
+                      "# the kit's repository is the same file with its explanations.\n"
+                      + yaml.safe_dump(ACCELERATE[name], sort_keys=False))
+    return cached

@@ -153,7 +153,7 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
             print(f"      partial output kept in {folder / path.name}; kernel log in "
                   f"{folder / 'logs' / (path.stem + '.log')}", flush=True)
     write_report(RunSummary(folder, _merge_outcomes(folder, summary.outcomes)), quick)
-    if folder.parent == RUNS:
+    if folder.resolve().parent == RUNS.resolve():
         link = RUNS / "latest"
         if link.is_symlink() or link.exists():
             link.unlink()

@@ -183,3 +183,62 @@ def calculator(model="llama-2-7b", method: str = "qlora", bits: int = 4, rank: i
     out = widgets.interactive_output(lambda **kw: show_figure(show_calculator(**kw)), controls)
     c = list(controls.values())
     return widgets.VBox([widgets.HBox(c[:4]), widgets.HBox(c[4:]), out])
+
+
+# ============================================================================ 07: scaling out
+# The computation behind 07's widget is kit.scaling.breakdown; scaling_text and show_scaling
+# print and draw it, and the notebook calls show_scaling once with its parameters.
+SCALING_GPU_LINES = ("A100-80GB", "T4")
+
+
+def scaling_text(parts: dict, model: str, gpus: int, strategy: str) -> str:
+    """kit.scaling.breakdown's answer as a small table: GB per GPU, part by part."""
+    from kit import memory as M
+
+    names = ("weights", "quant_constants", "gradients", "optimizer", "gathered_layer", "activations",
+             "logits", "workspace", "total")
+    lines = [f"{model}, {gpus} GPU{'s' if gpus > 1 else ''}, {strategy.upper()}: GB per GPU",
+             f"{'part':16s}" + "".join(f"{m:>10s}" for m in parts)]
+    for name in names:
+        lines.append(f"{name.replace('_', ' '):16s}" + "".join(f"{parts[m][name] / 1e9:10.2f}" for m in parts))
+    for gpu in SCALING_GPU_LINES:
+        fits = ", ".join(f"{m} {'yes' if parts[m]['total'] <= M.GPUS[gpu] else 'no'}" for m in parts)
+        lines.append(f"fits one {gpu} ({M.GPUS[gpu] / 1e9:.0f} GB usable): {fits}")
+    return "\n".join(lines)
+
+
+def show_scaling(model: str = "llama-2-70b", gpus: int = 8, strategy: str = "fsdp", seq_len: int = 512):
+    """Per-GPU memory of full fine-tuning, LoRA and QLoRA of `model` on `gpus` GPUs under
+    `strategy` (batch 1 per GPU, `seq_len` tokens, gradient checkpointing): printed, and drawn
+    by kit.plots.per_gpu_breakdown. A bad value prints why instead."""
+    from kit import memory as M
+    from kit.plots import per_gpu_breakdown
+    from kit.scaling import breakdown
+
+    try:
+        parts = breakdown(model, gpus, strategy, seq_len=seq_len)
+    except ValueError as e:
+        print(e)
+        return None
+    print(scaling_text(parts, model, gpus, strategy))
+    return per_gpu_breakdown(parts, {g: M.GPUS[g] for g in SCALING_GPU_LINES},
+                             title=f"{model} on {gpus} GPU{'s' if gpus > 1 else ''}, {strategy.upper()}: "
+                                   f"what each GPU holds (batch 1 x {seq_len} per GPU)")
+
+
+def scaling_explorer(model: str = "llama-2-70b", gpus: int = 8, strategy: str = "fsdp", seq_len: int = 512):
+    """Widgets "model" (a kit.memory.ARCHS preset), "gpus" and "strategy" (ddp or fsdp) that
+    redraw show_scaling below them."""
+    import ipywidgets as widgets
+    from kit import memory as M
+    from kit.scaling import STRATEGIES
+
+    names = sorted(M.ARCHS, key=lambda n: M.param_count(M.ARCHS[n]))
+    controls = {
+        "model": widgets.Dropdown(options=names, value=model, description="model"),
+        "gpus": widgets.IntSlider(value=gpus, min=1, max=max(16, gpus), description="gpus",
+                                  continuous_update=False),
+        "strategy": widgets.Dropdown(options=list(STRATEGIES), value=strategy, description="strategy"),
+    }
+    out = widgets.interactive_output(lambda **kw: show_figure(show_scaling(**kw, seq_len=seq_len)), controls)
+    return widgets.VBox([widgets.HBox(list(controls.values())), out])

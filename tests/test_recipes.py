@@ -106,3 +106,16 @@ def test_cross_checks_fail_before_any_model_is_loaded(args, match, monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert finetune_cli.main("cpu-lora", args) == 2
     assert match in capsys.readouterr().err
+
+
+def test_accelerate_files_match_the_kit_and_work_without_the_repository(tmp_path, monkeypatch):
+    for name, settings in recipes.ACCELERATE.items():
+        assert yaml.safe_load(recipes.accelerate_config(name).read_text()) == settings, name
+    monkeypatch.setattr(recipes, "RECIPES_DIR", tmp_path / "no-repo")   # pip-installed, as in Colab
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path / "cache"))
+    for name, settings in recipes.ACCELERATE.items():
+        path = recipes.accelerate_config(name)
+        assert path.is_relative_to(tmp_path / "cache") and yaml.safe_load(path.read_text()) == settings
+    assert recipes.load("cpu-qlora")["method"] == "qlora"   # rendered from RECIPES into the cache
+    with pytest.raises(RecipeError, match="cpu-2proc"):
+        recipes.accelerate_config("tpu")

@@ -1,0 +1,82 @@
+"""07 · Scaling out, run headless with its smoke parameters (tiny-llama, a few steps);
+assertions on what it recorded: the resumed run is continuous and equal to the uninterrupted
+one, two processes trained on different data and ended with the same weights, and the per-GPU
+table behaves as DDP and FSDP do."""
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.runner import execute, smoke_parameters
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "07_scaling_out.ipynb"
+NAME = "07_scaling_out"
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_scaling_out_notebook(tmp_path):
+    params = smoke_parameters(NB)
+    outcome = execute(NB, tmp_path, params)
+    assert outcome.ok, outcome.error
+    res = json.loads((tmp_path / "results" / f"{NAME}.json").read_text())
+    steps = params["STEPS"]
+
+    # 1. the command, stopped half-way and run again: one continuous history, exactly the
+    # uninterrupted run's losses (a CPU is deterministic), only safetensors and text files
+    resume = res["resume"]
+    assert res["resume_continuous"] is True
+    assert resume["steps"] == list(range(1, steps + 1))
+    assert resume["resumed_at"] == [steps // 2] and resume["first_steps_kept"]
+    assert resume["max_loss_diff_vs_uninterrupted"] < 1e-5
+    assert res["only_safe_formats"] is True
+    assert "adapter/adapter_model.safetensors" in res["run_files"] and "history.json" in res["run_files"]
+    assert not [f for f in res["run_files"] if f.endswith((".bin", ".pt", ".pkl"))]
+    assert res["recipe"]["model"] == params["MODEL"] and res["recipe"]["steps"] == steps
+
+    # 2. two processes: different batches, identical weights, the one-process stream shared out
+    dp = res["data_parallel"]
+    assert res["different_data"] is True and res["same_weights"] is True
+    assert dp["covers_stream"] is True
+    assert len(dp["batch_crc"]["rank0"]) == len(dp["batch_crc"]["rank1"]) == steps
+    one, two = dp["speeds"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["examples_per_step"] == 2 * one["examples_per_step"]
+    assert one["examples_per_s"] > 0 and two["examples_per_s"] > 0
+
+    # 3. per-GPU memory: DDP flat, FSDP falling, below DDP from 2 GPUs (JSON keys are strings)
+    gb = res["per_gpu_gb"]
+    assert set(gb) == {"llama-2-7b", "llama-2-13b", "llama-2-70b"}
+    for arch, methods in gb.items():
+        assert methods["full"]["ddp"]["1"] > methods["lora"]["ddp"]["1"] > methods["qlora"]["ddp"]["1"]
+        for method, by in methods.items():
+            assert len(set(by["ddp"].values())) == 1, (arch, method)          # replicas: same at any N
+            fsdp = [by["fsdp"][n] for n in ("1", "2", "4", "8")]
+            assert fsdp[0] == pytest.approx(by["ddp"]["1"])
+            assert all(b < a for a, b in zip(fsdp, fsdp[1:])), (arch, method)
+        assert methods["full"]["fsdp"]["8"] < methods["full"]["ddp"]["8"]
+    fewest = res["fewest_gpus_fsdp"]
+    assert fewest["llama-2-70b"]["full"]["A100-80GB"] > 8                     # a 70B full run is multi-node
+    assert fewest["llama-2-7b"]["qlora"]["T4"] == 1
+    widget = res["widget"]
+    assert (widget["model"], widget["gpus"], widget["strategy"]) == ("llama-2-70b", 8, "fsdp")
+    assert widget["per_gpu_gb"]["full"]["total"] == pytest.approx(gb["llama-2-70b"]["full"]["fsdp"]["8"])
+    assert widget["per_gpu_gb"]["qlora"]["gathered_layer"] > 0
+    assert res["ddp_bucket_copy_7b_full_2gpus_gb"] > gb["llama-2-7b"]["full"]["ddp"]["2"]
+
+    # 4. QLoRA across GPUs: FSDP divides the 4-bit base, DDP does not
+    q = res["qlora_70b_gb"]
+    assert q["ddp x2"] == pytest.approx(q["ddp x1"]) and q["fsdp x2"] < q["ddp x2"] / 1.5
+    assert res["qlora_70b_fewest_24gb"] == 2
+
+    # 5. the GPU check ran on the CPU: the ledger and the estimate agree, no CUDA peak
+    check = {r["method"]: r for r in res["gpu_check"]}
+    assert "lora" in check
+    for r in check.values():
+        assert r["device"] == "cpu" and r["cuda_peak_mb"] is None
+        assert r["ratio"] == pytest.approx(1, rel=0.05)
+
+    for fig in ("07_resume", "07_data_parallel", "07_per_gpu_by_count", "07_per_gpu"):
+        assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
+    assert res["hardware"] and set(res["seconds"]) >= {"first_half", "second_half", "one_process",
+                                                       "two_processes", "gpu_check", "notebook"}
