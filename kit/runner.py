@@ -135,7 +135,8 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
     `folder` and write its report. Running again into the same folder (--from 05 after a
     failure) keeps the earlier notebooks' results and outcomes in the report."""
     paths = notebooks(only, start)
-    folder = Path(folder) if folder else RUNS / time.strftime("%Y%m%d-%H%M%S")
+    # absolute: the notebooks run with their own folder as the working directory
+    folder = Path(folder).resolve() if folder else RUNS / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(folder)
     print(f"Running {len(paths)} notebook(s) {'with smoke parameters ' if quick else ''}into {folder}",

@@ -29,7 +29,6 @@ import math
 import resource
 import sys
 import time
-import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -231,9 +230,7 @@ def prepare_model(model: nn.Module, method: str, lora: LoraSettings | None = Non
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=targets,
                         use_rslora=lora.use_rslora, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft probes a transformers attribute deprecated in v5
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, config)
+    model = get_peft_model(model, config)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # adapters train in fp32, whatever the base's dtype
