@@ -51,8 +51,9 @@ def test_loss_falls_and_history_is_recorded(method, quantization, lr):
     # so the bar is a clear, deterministic fall rather than a large one.
     assert sum(losses[-2:]) / 2 < losses[0] - 0.1, losses
     step = result.history.steps[-1]
-    assert set(step) == {"step", "loss", "lr", "tokens", "tokens_per_s", "step_time", "memory"}
+    assert set(step) == {"step", "loss", "lr", "tokens", "tokens_per_s", "step_time", "memory", "batch_crc"}
     assert step["step"] == FAST["steps"] and step["tokens"] > 0 and step["memory"] > 0
+    assert len({s["batch_crc"] for s in result.history.steps}) > 1  # a checksum of each step's data
     assert step["lr"] == pytest.approx(lr)
     assert result.history.memory_kind == "cpu_peak_rss"
     assert [e["step"] for e in result.history.evals] == [0, 5]
