@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 import zlib
@@ -180,7 +181,7 @@ def run(recipe: dict) -> dict:
                "first_loss": history.steps[0]["loss"] if history.steps else None,
                "last_loss": history.steps[-1]["loss"] if history.steps else None,
                "val_loss": history.evals[-1]["val_loss"] if history.evals else None,
-               "median_step_s": (sorted(s["step_time"] for s in history.steps)[steps_done // 2]
+               "median_step_s": (statistics.median(s["step_time"] for s in history.steps)
                                  if history.steps else None),
                "wall_s_this_run": wall, "checkpoint": result.checkpoint,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

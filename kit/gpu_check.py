@@ -15,6 +15,7 @@ ledger still compares, there is no CUDA peak).
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8) -> dic
         "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in result.model.parameters()
                                   if p.requires_grad}),
         "steps": len(hist), "wall_s": wall,
-        "median_step_s": sorted(s["step_time"] for s in later)[len(later) // 2],
+        "median_step_s": statistics.median(s["step_time"] for s in later),
         "tokens_per_s": sum(s["tokens"] for s in later) / sum(s["step_time"] for s in later),
         "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
         # the ledger counts tensors that exist at once; the estimate's workspace (transient

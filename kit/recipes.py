@@ -269,7 +269,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
         key = key.replace("-", "_")
         if not eq:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise RecipeError(f"--{key} needs a value, e.g. --{key} {KNOBS.get(key, Knob('x', '', '')).default}.")
+                example = KNOBS[key].default if key in KNOBS else "<value>"
+                raise RecipeError(f"--{key} needs a value, e.g. --{key} {example}.")
             value, i = args[i + 1], i + 1
         out[key] = value
         i += 1
