@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--allow-cpu", action="store_true",
                      help="run on a machine without a GPU too (to test the script itself)")
     gpu.add_argument("--out", help="write the table and JSON here (default runs/gpu-check)")
+    gpu.add_argument("--methods", help="comma-separated, from full,lora,qlora (default lora,qlora)")
+    gpu.add_argument("--recipe", help="take model, method, rank, batch, checkpointing and optimizer "
+                                      "from this recipe (e.g. t4-qlora-7b)")
+    gpu.add_argument("--random-weights", action="store_true",
+                     help="build the model's architecture with random weights (no download; "
+                          "memory and speed as the real model's)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "finetune":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -64,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return finetune_main(args.config, extra)
     if args.command == "gpu-check":
         from kit.gpu_check import main as gpu_main
-        return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out)
+        return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,
+                        recipe=args.recipe, random_weights=args.random_weights,
+                        methods=args.methods.split(",") if args.methods is not None else None)
     if args.command == "sync-recipes":
         from kit.recipes import sync as sync_recipes
         for path in sync_recipes():

@@ -19,6 +19,7 @@ compute in fp32.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 from dataclasses import dataclass, field
 
@@ -99,12 +100,39 @@ def make_profile(device: str, name: str = "", capability: tuple[int, int] | None
                          versions=versions or {})
 
 
+POLICY_VARIABLE = "KIT_COMPUTE_CAPABILITY"
+
+
+def capability_override(value: str | None = None) -> tuple[int, int] | None:
+    """The compute capability set in $KIT_COMPUTE_CAPABILITY ("7.5"), or None if unset.
+
+    With it, a newer GPU follows an older GPU's dtype policy: "7.5" on an A100 or H100
+    trains in fp16 with a gradient scaler, as a T4 would. Memory and numerics follow the
+    policy; speed stays the newer GPU's."""
+    text = os.environ.get(POLICY_VARIABLE, "") if value is None else value
+    if not text.strip():
+        return None
+    try:
+        major, minor = (int(part) for part in text.strip().split("."))
+        if major < 1 or minor < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{POLICY_VARIABLE} must be a compute capability such as 7.5 (a T4's: fp16 "
+                         f"with a gradient scaler) or 8.0 (bf16); got {text!r}. Unset it to use the "
+                         f"GPU's own.") from None
+    return major, minor
+
+
 def profile() -> DeviceProfile:
-    """Read this machine."""
+    """Read this machine (on CUDA, $KIT_COMPUTE_CAPABILITY can set the dtype policy)."""
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return make_profile("cuda", props.name, (props.major, props.minor), props.total_memory,
-                            versions=library_versions())
+        name, capability = props.name, (props.major, props.minor)
+        override = capability_override()
+        if override is not None and override != capability:
+            name = f"{props.name} (dtype policy of compute capability {override[0]}.{override[1]}, {POLICY_VARIABLE})"
+            capability = override
+        return make_profile("cuda", name, capability, props.total_memory, versions=library_versions())
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return make_profile("mps", "Apple GPU", versions=library_versions())
     return make_profile("cpu", platform.machine() or "cpu", versions=library_versions())

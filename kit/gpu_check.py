@@ -1,7 +1,8 @@
 """`python -m kit gpu-check`: confirm the GPU paths on the machine at hand.
 
-For LoRA and QLoRA on the bundled model, in the dtype the device policy picks (fp16 with
-a gradient scaler on a T4, bf16 from compute capability 8.0), it runs:
+For LoRA and QLoRA (with --methods, full fine-tuning too) on the bundled model, in the
+dtype the device policy picks (fp16 with a gradient scaler on a T4, bf16 from compute
+capability 8.0), it runs:
   1. one step under the memory ledger (kit.memory.measure_step) against the estimator,
      component by component;
   2. a few optimizer steps of kit.train.finetune, with the CUDA peak
@@ -11,6 +12,12 @@ and prints one table, also written to runs/gpu-check/ (gpu_check.md, gpu_check.j
 Run it on a T4 or any CUDA GPU and quote its table with the GPU named. On a machine
 without a GPU it refuses, unless --allow-cpu (which tests the script itself: the
 ledger still compares, there is no CUDA peak).
+
+--recipe NAME takes the model, method, rank, batch, gradient checkpointing and optimizer
+from a recipe (recipes/NAME.yaml); --random-weights builds that model's architecture with
+random weights (kit.models.ensure_random), so a 7B recipe is measured without downloading
+the 7B: memory and speed are the real model's, the losses mean nothing. On a bigger GPU,
+KIT_COMPUTE_CAPABILITY=7.5 makes the kit follow a T4's policy (fp16 with a scaler).
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ import time
 from pathlib import Path
 
 
-def check_method(name: str, method: str, steps: int, batch_size: int = 8) -> dict:
+def check_method(name: str, method: str, steps: int, batch_size: int = 8, lora=None,
+                 gradient_checkpointing: bool = False, optimizer: str = "adamw",
+                 task: str = "dates") -> dict:
     import torch
     from kit import memory as M
     from kit.data import batches, make_task, tokenize
@@ -31,29 +40,34 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8) -> dic
     prof = profile()
     cuda = prof.device == "cuda"
     quant = "nf4" if method == "qlora" else None
+    t0 = time.perf_counter()
     model, tokenizer = load_model(name, quantization=quant)
-    data = make_task("dates", n_train=max(64, steps * batch_size), n_val=0, n_test=0, seed=0)
+    load_s = time.perf_counter() - t0
+    data = make_task(task, n_train=max(64, steps * batch_size), n_val=0, n_test=0, seed=0)
     train = tokenize(data["train"], tokenizer)
     t_max = max(len(ids) for ids in train["input_ids"])
-    lora = LoraSettings(r=8, alpha=16, dropout=0.05)
-    model = prepare_model(model, method, lora)
+    lora = lora or LoraSettings(r=8, alpha=16, dropout=0.05)
+    model = prepare_model(model, method, lora, gradient_checkpointing=gradient_checkpointing)
 
     # 1. one step under the ledger, a throw-away optimizer, against the estimate
     batch = next(batches(train, batch_size, tokenizer.pad_token_id, seed=123))
     params = [p for p in model.parameters() if p.requires_grad]
     ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
     bits = 4 if method == "qlora" else (16 if prof.compute_dtype != torch.float32 else 32)
-    common = dict(r=lora.r, gradient_checkpointing=False, compute_dtype=prof.compute_dtype,
-                  lora_dropout=lora.dropout, padded=True, batch_size=batch_size)
+    common = dict(r=lora.r, targets=lora.targets, gradient_checkpointing=gradient_checkpointing,
+                  compute_dtype=prof.compute_dtype, lora_dropout=lora.dropout, padded=True,
+                  batch_size=batch_size,
+                  precision="amp" if prof.compute_dtype != torch.float32 else "32")
     est_batch = M.estimate(model.config, method, bits=bits, seq_len=batch["input_ids"].shape[1], **common)
-    est_peak = M.estimate(model.config, method, bits=bits, seq_len=t_max, **common)
+    est_peak = M.estimate(model.config, method, bits=bits, seq_len=t_max, optimizer=optimizer, **common)
 
     # 2. a few real steps; on CUDA the loop records the peak allocated memory
     if cuda:
         torch.cuda.empty_cache()
     t0 = time.perf_counter()
     result = finetune(model, tokenizer, data, method, steps=steps, batch_size=batch_size,
-                      eval_every=0, progress=False, seed=0)
+                      eval_every=0, progress=False, seed=0, optimizer=optimizer,
+                      gradient_checkpointing=gradient_checkpointing)
     wall = time.perf_counter() - t0
     hist = result.history.steps
     later = hist[1:] or hist  # the first step pays for kernel selection and allocation
@@ -63,6 +77,10 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8) -> dic
         "grad_scaling": prof.grad_scaling,
         "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in result.model.parameters()
                                   if p.requires_grad}),
+        "r": lora.r, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "trainable": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        "load_s": load_s,
         "steps": len(hist), "wall_s": wall,
         "median_step_s": statistics.median(s["step_time"] for s in later),
         "tokens_per_s": sum(s["tokens"] for s in later) / sum(s["step_time"] for s in later),
@@ -98,7 +116,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
-         out: str | None = None) -> int:
+         out: str | None = None, recipe: str | None = None, random_weights: bool = False,
+         methods: list[str] | None = None) -> int:
     from kit.device import bnb_error, library_versions, profile
 
     prof = profile()
@@ -110,18 +129,62 @@ def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
     if steps < 1:
         print(f"gpu-check: --steps must be >= 1; got {steps}.")
         return 2
+    allowed = ("full", "lora", "qlora")
+    if methods is not None and (not methods or any(m not in allowed for m in methods)):
+        print(f"gpu-check: --methods takes a comma-separated list from {', '.join(allowed)}; "
+              f"got {','.join(methods)!r}. E.g. --methods full,lora,qlora.")
+        return 2
+    settings, note = {}, ""
+    if recipe and methods is not None:
+        print("gpu-check: --recipe sets the method; leave out --methods (or leave out --recipe).")
+        return 2
+    if recipe:
+        from kit.recipes import RecipeError, estimate_for, load
+        from kit.train import LoraSettings
+        try:
+            values = load(recipe)
+        except (RecipeError, FileNotFoundError, ValueError) as e:
+            print(f"gpu-check: --recipe {recipe}: {e}")
+            return 2
+        model, methods = values["model"], [values["method"]]
+        settings = dict(batch_size=values["batch_size"], task=values["task"],
+                        gradient_checkpointing=values["gradient_checkpointing"],
+                        optimizer=values["optimizer"] if prof.device == "cuda" else "adamw",
+                        lora=LoraSettings(r=values["lora_r"], alpha=values["lora_alpha"],
+                                          dropout=values["lora_dropout"], targets=values["lora_targets"]))
+        est = estimate_for(values)
+        if est is not None:
+            note = (f"Recipe {values['_name']}: kit.memory.estimate at its max_length "
+                    f"{values['max_length']} tokens: {est.total / 1e9:.2f} GB; the table's estimate "
+                    f"is at the longest example measured here.")
+    if random_weights:
+        from kit.models import ensure_random
+        arch = model
+        t0 = time.perf_counter()
+        try:
+            model = str(ensure_random(arch, dtype=prof.compute_dtype))
+        except ValueError as e:
+            print(f"gpu-check: --random-weights: {e}")
+            return 2
+        note += (f"\nRandom weights with {arch}'s architecture (built in {time.perf_counter() - t0:.0f} s): "
+                 "memory and speed are the real model's; the losses mean nothing.")
     print(prof.summary())
-    methods = ["lora"] + (["qlora"] if bnb_error(prof, 4) is None else [])
+    if methods is None:
+        methods = ["lora"] + (["qlora"] if bnb_error(prof, 4) is None else [])
+    elif "qlora" in methods and bnb_error(prof, 4):
+        print(f"gpu-check: qlora cannot run here: {bnb_error(prof, 4)}")
+        return 2
     rows = []
     for method in methods:
         print(f"\n{method}: {steps} steps of {model} ...", flush=True)
-        rows.append(check_method(model, method, steps))
+        rows.append(check_method(model, method, steps, **settings))
     text = table(rows)
-    print("\n" + text)
+    print("\n" + text + (f"\n{note.strip()}\n" if note else ""))
     folder = Path(out or "runs/gpu-check")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu_check.md").write_text(f"{prof.summary()}\n\n{text}")
+    (folder / "gpu_check.md").write_text(f"{prof.summary()}\n\n{text}" + (f"\n{note.strip()}\n" if note else ""))
     (folder / "gpu_check.json").write_text(json.dumps(
-        {"device": prof.as_dict(), "versions": library_versions(), "rows": rows}, indent=1, default=str))
+        {"device": prof.as_dict(), "versions": library_versions(), "recipe": recipe,
+         "random_weights": random_weights, "note": note.strip(), "rows": rows}, indent=1, default=str))
     print(f"written to {folder}/gpu_check.md and gpu_check.json")
     return 0

@@ -25,8 +25,8 @@ Accounting conventions (the same on both sides):
   and excluding the logits tensor itself, which is its own line. The loss's fp32
   log-probabilities (N x vocab x 4 bytes) are an activation.
 - full fine-tuning with precision "amp" = 16 B/param: fp32 master weights 4 + fp32 gradients 4
-  + Adam m and v in fp32 8. The 16-bit copy of the weights that autocast makes for the matmuls
-  is transient (made per op, freed after) and is not counted. "16" = pure 16-bit: 2 + 2 + 4
+  + Adam m and v in fp32 8. The 16-bit copies of the weights that autocast makes for the
+  matmuls are cached for the forward and kept for the backward: an activation row. "16" = pure 16-bit: 2 + 2 + 4
   = 8 B/param. "32" = fp32 everything = 16 B/param (what a CPU does).
 - QLoRA: the unquantized parameters (embeddings, norms, untied head) are counted in fp32,
   because peft's `prepare_model_for_kbit_training` (which kit.train calls) casts 16-bit
@@ -253,14 +253,22 @@ def weight_bytes(model) -> dict:
             "quant_constants": _tensor_bytes(_quant_tensors(model), seen)}
 
 
-def measure_step(model, batch: dict, optimizer) -> Ledger:
+def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
     """Run one forward (recording what autograd saves), backward, optimizer step and zero_grad
     on `batch` (a dict with input_ids and labels), and return the bytes of each part.
     The model is put in training mode for the step (gradient checkpointing and dropout act only
-    there) and returned to its previous mode after."""
+    there) and returned to its previous mode after.
+
+    autocast: the forward's autocast dtype. "auto" = what kit.train does on this device (on
+    CUDA the device policy's bf16 or fp16, on a CPU none); None = no autocast; or a dtype
+    (torch.bfloat16 on a CPU imitates a GPU's 16-bit step, slowly)."""
+    import contextlib
+
     if batch.get("labels") is None:
         raise ValueError("batch must contain 'labels' (e.g. labels = input_ids) so the model "
                          "returns a loss to backpropagate.")
+    if autocast not in ("auto", None, torch.float16, torch.bfloat16):
+        raise ValueError(f"autocast must be 'auto', None, torch.float16 or torch.bfloat16; got {autocast!r}.")
     params = [p for p in model.parameters()]
     not_activations = {p.untyped_storage().data_ptr() for p in params}
     not_activations |= {t.untyped_storage().data_ptr() for t in _quant_tensors(model)
@@ -277,9 +285,14 @@ def measure_step(model, batch: dict, optimizer) -> Ledger:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    if autocast == "auto":
+        from kit.device import profile
+        autocast = profile().compute_dtype if cuda else None
+    amp = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
     was_training = model.training
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
         out = model(**batch)
     logits = out.logits
     logits_bytes = _tensor_bytes([logits], set())
@@ -322,18 +335,25 @@ def _targets(targets) -> tuple[str, ...]:
 
 
 def _layer_rows(a: Arch, B: int, T: int, A: int, full: bool, amp: bool, tg: tuple, r: int,
-                dropout: bool, padded: bool, x_grad: bool) -> list[tuple[str, int]]:
+                dropout: bool, padded: bool, x_grad: bool, q32: bool = False) -> list[tuple[str, int]]:
     """What autograd saves in one decoder layer, following which tensors need a gradient.
 
     x_grad: does the layer's input need a gradient? (Not in layer 0 of LoRA: the embeddings
     are frozen, so everything below the first adapter saves nothing.) An op saves a tensor only
     if the gradient of another input needs it: a frozen Linear keeps no input, a LoRA A keeps
     its input, SDPA keeps q, k, v, output and logsumexp once q, k or v needs a gradient.
+
+    q32: QLoRA in 16 bits. prepare_model_for_kbit_training leaves the embeddings and norms in
+    fp32, and a bitsandbytes 4-bit Linear returns its input's dtype, so the residual stream
+    and the MLP's tensors stay fp32; only what autocast casts for a matmul (LoRA A's input,
+    SDPA's q, k, v) is 16-bit.
     """
     H, I, k, nh = a.hidden_size, a.intermediate_size, a.experts_per_token, a.num_attention_heads
     N, qd, kvd = B * T, nh * a.hd, (nh if padded else a.num_key_value_heads) * a.hd
-    res = 4 if amp else A                   # residual stream: fp32 under autocast
+    res = 4 if amp or q32 else A            # residual stream: fp32 under autocast
+    mlp = 4 if q32 else A                   # MLP tensors: fp32 behind a 4-bit Linear in QLoRA
     mask_b = A if A == 4 else 1             # dropout mask: float on a CPU, bool on a GPU
+    cast = A < 4                            # autocast casts each LoRA A's input separately
     rows = []
 
     def keep(what, nbytes, when=True):
@@ -346,7 +366,7 @@ def _layer_rows(a: Arch, B: int, T: int, A: int, full: bool, amp: bool, tg: tupl
         if full:                             # weight gradients need the input (autocast: a copy per Linear)
             keep(f"{what} input", N * width * A * (len(names) if amp else 1))
         elif n and not dropout:              # LoRA A's weight gradient needs the input
-            keep(f"{what} input (for LoRA A)", N * width * A)
+            keep(f"{what} input (for LoRA A)", (n if cast else 1) * N * width * A)
         elif n:                              # each adapter drops its own copy; the mask only if needed
             keep(f"{what}: LoRA dropout outputs", n * N * width * A)
             keep(f"{what}: LoRA dropout masks", n * N * width * mask_b, input_grad)
@@ -361,14 +381,16 @@ def _layer_rows(a: Arch, B: int, T: int, A: int, full: bool, amp: bool, tg: tupl
     keep("attention output (= o_proj input)", N * qd * A, qkv_grad or (has("o_proj") and not dropout))
     if dropout and not full:
         linear_inputs("o_proj", ("o_proj",), qd, qkv_grad)
+    elif cast and not full and "o_proj" in tg:   # autocast's own 16-bit copy for LoRA A
+        keep("o_proj input (for LoRA A): autocast's copy", N * qd * A)
     h2_grad = qkv_grad or has("o_proj")
     keep("norm 2: fp32 input + 1/rms", N * (4 * H + 4), h2_grad)
     keep("norm 2: normalised x (norm weight's gradient)", N * H * res, full)
     linear_inputs("gate/up", ("gate_proj", "up_proj"), H, h2_grad)
     gate_grad, up_grad = h2_grad or has("gate_proj"), h2_grad or has("up_proj")
-    keep("MLP: gate (SiLU input)", N * k * I * A, gate_grad)
+    keep("MLP: gate (SiLU input)", N * k * I * mlp, gate_grad)
     keep("MLP: SiLU(gate) and up (the product's inputs)",
-         N * k * I * A * (up_grad + gate_grad))
+         N * k * I * mlp * (up_grad + gate_grad))
     linear_inputs("down_proj", ("down_proj",), k * I, gate_grad or up_grad)
     if a.num_experts > 1:                    # approximate: tokens gathered per expert, outputs weighted
         keep("MoE: gathered expert inputs, weighted outputs, router", N * (2 * k * H * A + 4 * a.num_experts))
@@ -397,19 +419,35 @@ def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: in
     B, T, H, L, N = batch_size, seq_len, a.hidden_size, a.num_hidden_layers, batch_size * seq_len
     full = method == "full"
     amp = full and precision == "amp"
-    res = 4 if amp else act_bytes
+    q32 = method == "qlora" and act_bytes < 4
+    res = 4 if amp or q32 else act_bytes
     tg = LINEARS if full else _targets(targets)
     args = (a, B, T, act_bytes, full, amp, tg, r, lora_dropout > 0, padded)
-    layer = _layer_rows(*args, x_grad=True)
+    layer = _layer_rows(*args, x_grad=True, q32=q32)
     one_layer = sum(b for _, b in layer)
     if gradient_checkpointing:
         rows = [("layer inputs kept for recomputation", L * N * H * res)]
     else:
-        first = _layer_rows(*args, x_grad=full)   # layer 0: is there a gradient below it?
+        first = _layer_rows(*args, x_grad=full, q32=q32)   # layer 0: is there a gradient below it?
         first = dict(first)
         rows = [(f"{what} (x {L})" if first.get(what) == b else f"{what} (x {L - 1} + layer 0)",
                  (L - 1) * b + first.get(what, 0)) for what, b in layer]
-        rows.append(("rotary cos/sin", 2 * T * a.hd * act_bytes))
+        rows.append(("rotary cos/sin", 2 * T * a.hd * res))
+    if not full and act_bytes < 4 and not gradient_checkpointing:
+        # autocast keeps one 16-bit copy of each fp32 adapter matrix for the backward pass
+        # (under checkpointing the copies are remade during recomputation, not kept)
+        # (not in layer 0 the A of q, k, v: their input needs no gradient, so A's copy is not kept)
+        shapes = linear_shapes(a)
+        copies = L * sum(r * (shapes[t][0] + shapes[t][1]) * shapes[t][2] for t in tg)
+        copies -= r * H * sum(t in tg for t in ("q_proj", "k_proj", "v_proj"))
+        rows.append(("autocast: 16-bit copies of the adapters", copies * act_bytes))
+    if q32:
+        rows.append(("autocast: 16-bit copy of the fp32 output head", a.vocab_size * H * act_bytes))
+    if amp and act_bytes < 4:
+        # autocast's cached 16-bit copies of the fp32 master weights, kept for the backward pass
+        # (the head always; the layers' only without checkpointing, which recasts them)
+        layers = 0 if gradient_checkpointing else _param_groups(a)["linear"]
+        rows.append(("autocast: 16-bit copies of the weights", (layers + a.vocab_size * H) * act_bytes))
     rows.append(("final norm: fp32 input + 1/rms", N * (4 * H + 4)))
     if full:
         rows.append(("final norm: normalised x", N * H * res))

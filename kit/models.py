@@ -116,6 +116,57 @@ def ensure_tiny(seed: int = 0) -> Path:
     return folder
 
 
+def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """A model shaped like `arch` with RANDOM weights and the bundled tokenizer, saved once
+    in the cache (cache_dir()/random-<name>); returns the folder.
+
+    arch: a name from kit.memory.ARCHS ("qwen2.5-7b", "llama-2-7b", ...) or a kit.memory.Arch.
+    Built as a Llama with the architecture's sizes, so its memory and step time are those of
+    the real model (Qwen2.5's q/k/v biases, 0.01% of its parameters, are left out), while
+    what it generates is noise. It measures a 7B on a GPU without downloading one
+    (`python -m kit gpu-check --recipe t4-qlora-7b --random-weights`); a 7B takes 15 GB
+    of disk in bf16. Built on the GPU when there is one (seconds), else on the CPU."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from kit.memory import resolve_arch
+
+    a = resolve_arch(arch)
+    if a.num_experts > 1:
+        raise ValueError(f"arch: ensure_random builds dense Llama-style models; {a.name!r} is a "
+                         f"mixture of {a.num_experts} experts. Pick a dense one, e.g. 'qwen2.5-7b'.")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype!r}.")
+    folder = cache_dir() / f"random-{a.name}"
+    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    tok = AutoTokenizer.from_pretrained(ensure_bundled())
+    if a.vocab_size < len(tok):
+        raise ValueError(f"arch: vocab_size {a.vocab_size} is smaller than the bundled tokenizer's "
+                         f"{len(tok)}; give the Arch vocab_size >= {len(tok)}.")
+    config = LlamaConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+                         intermediate_size=a.intermediate_size, num_hidden_layers=a.num_hidden_layers,
+                         num_attention_heads=a.num_attention_heads,
+                         num_key_value_heads=a.num_key_value_heads, head_dim=a.hd,
+                         attention_bias=a.attention_bias, tie_word_embeddings=a.tie_word_embeddings,
+                         max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in 16 bits: a 7B in fp32 would need 30 GB first
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(before)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
+    return folder
+
+
 # ---------------------------------------------------------------------------- network
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True if huggingface.co answers within `timeout` seconds (never hangs longer)."""

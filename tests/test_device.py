@@ -56,3 +56,28 @@ def test_this_machine_profile_is_consistent():
     d = p.as_dict()
     assert d["compute_dtype"] in ("float32", "float16", "bfloat16")
     assert d["versions"]["torch"] == torch.__version__
+
+
+def test_capability_override_parses_and_refuses_clearly():
+    from kit.device import capability_override
+    assert capability_override("") is None and capability_override("  ") is None
+    assert capability_override("7.5") == (7, 5) and capability_override("9.0") == (9, 0)
+    for bad in ("t4", "7", "7.5.1", "-1.0"):
+        with pytest.raises(ValueError, match="KIT_COMPUTE_CAPABILITY must be a compute capability such as 7.5"):
+            capability_override(bad)
+
+
+def test_profile_follows_the_override_on_cuda(monkeypatch):
+    """An H100-like GPU told to follow a T4's policy trains in fp16 with a scaler."""
+    import types
+    import kit.device as D
+    props = types.SimpleNamespace(name="Fake H100", major=9, minor=0, total_memory=80 * 2**30)
+    monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(D.torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.delenv("KIT_COMPUTE_CAPABILITY", raising=False)
+    own = D.profile()
+    assert own.compute_dtype == torch.bfloat16 and not own.grad_scaling and own.name == "Fake H100"
+    monkeypatch.setenv("KIT_COMPUTE_CAPABILITY", "7.5")
+    t4 = D.profile()
+    assert t4.compute_dtype == torch.float16 and t4.grad_scaling and t4.capability == (7, 5)
+    assert "compute capability 7.5" in t4.name and t4.total_memory == props.total_memory

@@ -26,3 +26,55 @@ def test_allow_cpu_runs_lora_and_qlora_and_the_ledger_meets_the_estimate(tmp_pat
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| lora | cpu" in table and "| qlora | cpu" in table
     assert gpu_check.main(steps=0, allow_cpu=True) == 2
+
+
+def test_recipe_settings_reach_the_check(monkeypatch, tmp_path):
+    """--recipe takes model, method, rank, batch and checkpointing from the recipe; on a CPU
+    the paged optimizer (CUDA only) falls back to AdamW."""
+    seen = []
+
+    def fake(name, method, steps, **settings):
+        seen.append((name, method, steps, settings))
+        return {"method": method, "model": name, "device": "cpu", "gpu": "cpu", "compute_dtype": "float32",
+                "grad_scaling": False, "adapter_dtypes": ["float32"], "median_step_s": 1.0,
+                "tokens_per_s": 1.0, "loss_first": 2.0, "loss_last": 1.0, "ledger_total": 1e6,
+                "estimate_for_ledger": 1e6, "cuda_peak": None, "estimate_peak": 1e6}
+    monkeypatch.setattr(gpu_check, "check_method", fake)
+    assert gpu_check.main(steps=3, allow_cpu=True, out=str(tmp_path), recipe="t4-qlora-7b") == 0
+    (name, method, steps, s), = seen
+    assert (name, method, steps) == ("qwen2.5-7b", "qlora", 3)
+    assert s["batch_size"] == 4 and s["gradient_checkpointing"] is True and s["optimizer"] == "adamw"
+    assert (s["lora"].r, s["lora"].alpha) == (16, 32)
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["recipe"] == "t4-qlora-7b" and "GB" in saved["note"]
+    assert gpu_check.main(steps=1, allow_cpu=True, out=str(tmp_path), recipe="no-such-recipe") == 2
+
+
+def test_random_weights_model_has_the_architecture_and_trains(tmp_path, monkeypatch):
+    """ensure_random builds the named architecture with random weights; a check with
+    checkpointing on runs on it, and its ledger still meets the estimate."""
+    import kit.models as models
+    from kit.memory import Arch, param_count
+    from kit.train import LoraSettings
+    bundled = models.ensure_bundled()            # the tokenizer comes from here
+    monkeypatch.setattr(models, "ensure_bundled", lambda: bundled)
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path))
+    arch = Arch("test-mini", 96, 256, 2, 4, 2, 49152, True)
+    folder = models.ensure_random(arch, dtype=torch.float32)
+    assert folder == tmp_path / "random-test-mini" and (folder / "tokenizer.json").exists()
+    row = gpu_check.check_method(str(folder), "lora", steps=2, batch_size=2, gradient_checkpointing=True,
+                                 lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    assert row["parameters"] - row["trainable"] == param_count(arch)
+    assert row["gradient_checkpointing"] is True and row["r"] == 4 and row["steps"] == 2
+    assert row["ledger_total"] == pytest.approx(row["estimate_for_ledger"], rel=0.02)
+    with pytest.raises(ValueError, match="mixture of 8 experts"):
+        models.ensure_random("mixtral-8x7b")
+
+
+def test_methods_are_checked_before_anything_loads(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "check_method", lambda *a, **k: pytest.fail("ran a check"))
+    assert gpu_check.main(steps=1, allow_cpu=True, methods=["ful"]) == 2
+    assert "--methods takes a comma-separated list from full, lora, qlora" in capsys.readouterr().out
+    assert gpu_check.main(steps=1, allow_cpu=True, methods=[]) == 2
+    assert gpu_check.main(steps=1, allow_cpu=True, methods=["lora"], recipe="cpu-lora") == 2
+    assert "--recipe sets the method" in capsys.readouterr().out
