@@ -133,7 +133,13 @@ def run(recipe: dict) -> dict:
     say(f"recipe  : {recipe['_name']} ({recipe['_source']}) -> {folder}")
     say(f"machine : {prof.summary().splitlines()[0]}" + (f"; {world} processes" if world > 1 else ""))
     quant = None if recipe["quantization"] == "none" else recipe["quantization"]
-    model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"])
+    # FSDP shards float tensors of one dtype: pack the 4-bit codes into the compute dtype
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    storage = prof.compute_dtype if fsdp and quant in ("nf4", "fp4") else None
+    if storage is not None:
+        say(f"fsdp    : 4-bit codes stored as {str(storage).replace('torch.', '')} so FSDP can shard them")
+    model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"],
+                                  quant_storage=storage)
     data = _data(recipe)
     config = train_config(recipe)
     n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0

@@ -232,9 +232,18 @@ def _in_hf_cache(hub_id: str) -> bool:
         return False
 
 
+STORAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
+
+
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype,
-                        double_quant: bool = True):
-    """The transformers `BitsAndBytesConfig` for "nf4", "fp4" or "int8" (None for none)."""
+                        double_quant: bool = True, quant_storage: torch.dtype | None = None):
+    """The transformers `BitsAndBytesConfig` for "nf4", "fp4" or "int8" (None for none).
+    quant_storage: the dtype 4-bit codes are packed into (default uint8). FSDP shards only
+    floating-point tensors of one dtype, so QLoRA under FSDP packs them into the 16-bit dtype
+    of the rest of the model; the bytes, and the numbers, stay the same."""
+    if quant_storage is not None and quant_storage not in STORAGE_DTYPES:
+        raise ValueError(f"quant_storage must be None or one of {list(STORAGE_DTYPES)}; got "
+                         f"{quant_storage!r}. Under FSDP use the compute dtype, e.g. torch.bfloat16.")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}; got {quantization!r}. "
                          "Use 'nf4' for QLoRA, 'int8' for an 8-bit base, None for no quantization.")
@@ -245,12 +254,14 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype,
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
                               bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_quant_storage=quant_storage or torch.uint8)
 
 
 def load_model(name: str = "smollm2-135m", quantization: str | None = None,
                dtype: torch.dtype | None = None, double_quant: bool = True,
-               source: str = "auto", device_profile: DeviceProfile | None = None):
+               source: str = "auto", device_profile: DeviceProfile | None = None,
+               quant_storage: torch.dtype | None = None):
     """Return `(model, tokenizer)`.
 
     name:         a preset ("smollm2-135m" default, "tiny-llama", see PRESETS), a hub id
@@ -260,6 +271,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
     dtype:        dtype of the (unquantized) weights; default: the device policy's compute
                   dtype (fp32 on CPU, fp16 on a T4, bf16 from Ampere on). Full fine-tuning
                   with mixed precision wants torch.float32 here (fp32 master weights).
+    quant_storage: 4-bit only: the dtype the codes are packed into (None = uint8); FSDP
+                  needs the model's 16-bit dtype (`python -m kit finetune` sets it there).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -273,7 +286,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
     path = resolve(name, source)
     compute = prof.compute_dtype
     kwargs = dict(dtype=dtype or compute)
-    qconf = quantization_config(quantization, compute if dtype is None else dtype, double_quant)
+    qconf = quantization_config(quantization, compute if dtype is None else dtype, double_quant,
+                                quant_storage)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         kwargs["device_map"] = {"": 0} if prof.device == "cuda" else {"": "cpu"}

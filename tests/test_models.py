@@ -90,3 +90,20 @@ def test_local_folder_loads(tmp_path):
     again, _ = load_model(str(tmp_path))
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_4bit_codes_packed_in_bf16_compute_the_same_logits():
+    """FSDP needs the 4-bit codes in a float dtype: packed into bf16 instead of uint8, the
+    weights take the same bytes and the model computes the same numbers."""
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
+    packed = {}
+    for storage in (None, torch.bfloat16):
+        model, _ = load_model("tiny-llama", quantization="nf4", quant_storage=storage)
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        with torch.no_grad():
+            packed[storage] = (weight.dtype, weight.numel() * weight.element_size(), model(input_ids=ids).logits)
+    assert packed[None][0] == torch.uint8 and packed[torch.bfloat16][0] == torch.bfloat16
+    assert packed[None][1] == packed[torch.bfloat16][1]
+    assert torch.equal(packed[None][2], packed[torch.bfloat16][2])
+    with pytest.raises(ValueError, match="quant_storage must be None or one of"):
+        quantization_config("nf4", torch.float32, quant_storage=torch.int32)

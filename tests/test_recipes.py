@@ -119,3 +119,24 @@ def test_accelerate_files_match_the_kit_and_work_without_the_repository(tmp_path
     assert recipes.load("cpu-qlora")["method"] == "qlora"   # rendered from RECIPES into the cache
     with pytest.raises(RecipeError, match="cpu-2proc"):
         recipes.accelerate_config("tpu")
+
+
+@pytest.mark.parametrize("fsdp, recipe, expected", [("true", "cpu-qlora", torch.float32),
+                                                    ("", "cpu-qlora", None), ("true", "cpu-lora", None)])
+def test_an_fsdp_launch_packs_4bit_codes_in_the_compute_dtype(fsdp, recipe, expected, monkeypatch, tmp_path):
+    """Under `accelerate launch` with an FSDP config (ACCELERATE_USE_FSDP=true), QLoRA loads
+    with quant_storage = the compute dtype; otherwise the default uint8 packing."""
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def capture(*a, **k):
+        seen.update(k)
+        raise Loaded
+
+    monkeypatch.setattr("kit.models.load_model", capture)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", fsdp)
+    with pytest.raises(Loaded):
+        finetune_cli.main(recipe, ["--output_dir", str(tmp_path)])
+    assert seen["quant_storage"] == expected
