@@ -31,6 +31,7 @@ class Outcome:
     seconds: float
     error: str = ""
     cell: int | None = None  # 1-based, in the notebook as committed
+    stalled: bool = False    # a cell ran past the time limit or the kernel died: worth a retry
 
 
 @dataclass
@@ -83,9 +84,39 @@ def _stderr_to(log: Path):
             os.close(saved)
 
 
-def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
+# With the smoke parameters no cell needs more than a minute or two here; a cell past this
+# limit is a stalled kernel connection (a lost message leaves the client waiting forever with
+# the kernel idle: seen once in the test suite), not a slow computation.
+SMOKE_CELL_TIMEOUT = 300
+STALLED = ("CellTimeoutError", "DeadKernelError", "TimeoutError")
+
+
+def execute(path: Path, folder: Path, parameters: dict, cell_timeout: float | None = None,
+            attempts: int = 1) -> Outcome:
     """Run one notebook with papermill into `folder`; never raises for a failing cell.
-    The kernel's stderr goes to folder/logs/<notebook>.log."""
+    The kernel's stderr goes to folder/logs/<notebook>.log.
+
+    cell_timeout: seconds one cell may take (None: no limit, for full-size runs).
+    attempts:     runs in all when a run stalls (a cell past cell_timeout, a dead kernel); a
+                  cell that raises an error is never retried."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1; got {attempts!r}.")
+    for attempt in range(1, attempts + 1):
+        outcome = _execute_once(path, folder, parameters, cell_timeout)
+        if outcome.ok or not outcome.stalled or attempt == attempts:
+            return outcome
+        print(f"{path.stem}: {outcome.error}; running it again ({attempt + 1} of {attempts})",
+              file=sys.stderr, flush=True)
+    return outcome
+
+
+def execute_smoke(path: Path, folder: Path, parameters: dict) -> Outcome:
+    """`execute` as the tests and `run --quick` use it: each cell within SMOKE_CELL_TIMEOUT,
+    and one more attempt if the run stalls."""
+    return execute(path, folder, parameters, cell_timeout=SMOKE_CELL_TIMEOUT, attempts=2)
+
+
+def _execute_once(path: Path, folder: Path, parameters: dict, cell_timeout: float | None) -> Outcome:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -95,7 +126,7 @@ def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
         with _stderr_to(folder / "logs" / f"{path.stem}.log"):
             pm.execute_notebook(str(path), str(out), parameters={**parameters, "RUN_DIR": str(folder)},
                                 kernel_name="python3", cwd=str(path.parent), progress_bar=False,
-                                log_output=False)
+                                log_output=False, execution_timeout=cell_timeout)
         return Outcome(path.stem, True, time.time() - start)
     except PapermillExecutionError as e:
         msg = f"{e.ename}: {e.evalue}".strip()
@@ -103,8 +134,12 @@ def execute(path: Path, folder: Path, parameters: dict) -> Outcome:
         if first_line:
             msg += f"  [cell starts: {first_line[0][:80]}]"
         return Outcome(path.stem, False, time.time() - start, msg, _source_cell(out, e.cell_index))
-    except Exception as e:  # kernel died, notebook unreadable ...
-        return Outcome(path.stem, False, time.time() - start, f"{type(e).__name__}: {e}")
+    except Exception as e:  # kernel died, a cell past the time limit, notebook unreadable ...
+        stalled = type(e).__name__ in STALLED
+        msg = f"{type(e).__name__}: {e}".strip()
+        if stalled and cell_timeout:
+            msg = f"no result within the {cell_timeout:g} s limit per cell ({msg[:200]})"
+        return Outcome(path.stem, False, time.time() - start, msg, stalled=stalled)
 
 
 def _source_cell(executed: Path, index: int) -> int:
@@ -144,7 +179,7 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
     for i, path in enumerate(paths, 1):
         params = {**(smoke_parameters(path) if quick else {}), **(extra or {})}
         print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
-        outcome = execute(path, folder, params)
+        outcome = execute_smoke(path, folder, params) if quick else execute(path, folder, params)
         summary.outcomes.append(outcome)
         if outcome.ok:
             print(f"ok ({outcome.seconds:.0f} s)", flush=True)

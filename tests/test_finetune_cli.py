@@ -78,8 +78,10 @@ def test_ctrl_c_checkpoints_the_finished_steps_and_the_command_resumes(tmp_path)
     cmd = [sys.executable, "-m", "kit", "finetune", "--config", "cpu-lora", "--model", "tiny-llama",
            "--output_dir", str(tmp_path), "--steps", "100000", "--batch_size", "2", "--n_train", "16",
            "--n_val", "4", "--eval_every", "0", "--eval_examples", "0", "--save_every", "0"]
+    # SIGINT's default action even when the suite itself runs where SIGINT is ignored (a shell's
+    # background job): an ignored SIGINT is inherited, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         while not lines or not lines[-1].startswith("training:"):  # the loop is about to start

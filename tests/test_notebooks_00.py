@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "00_setup.ipynb"
 
@@ -12,7 +12,7 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "00_setup.ipynb"
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_setup_notebook_preflight(tmp_path):
-    outcome = execute(NB, tmp_path, smoke_parameters(NB))
+    outcome = execute_smoke(NB, tmp_path, smoke_parameters(NB))
     assert outcome.ok, outcome.error
     res = json.loads((tmp_path / "results" / "00_setup.json").read_text())
     assert "Paris" in res["answer"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_full_finetuning.ipynb"
 
@@ -13,7 +13,7 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_full_finetuning.
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run01")
     params = smoke_parameters(NB)
-    outcome = execute(NB, folder, params)
+    outcome = execute_smoke(NB, folder, params)
     assert outcome.ok, outcome.error
     return folder, params, json.loads((folder / "results" / "01_full_finetuning.json").read_text())
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "02_lora_from_scratch.ipynb"
 
@@ -12,7 +12,7 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "02_lora_from_scratc
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run02")
-    outcome = execute(NB, folder, smoke_parameters(NB))
+    outcome = execute_smoke(NB, folder, smoke_parameters(NB))
     assert outcome.ok, outcome.error
     return folder, json.loads((folder / "results" / "02_lora_from_scratch.json").read_text())
 

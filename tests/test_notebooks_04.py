@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
 
@@ -12,7 +12,7 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipy
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_quantization_notebook(tmp_path):
-    outcome = execute(NB, tmp_path, smoke_parameters(NB))
+    outcome = execute_smoke(NB, tmp_path, smoke_parameters(NB))
     assert outcome.ok, outcome.error
     res = json.loads((tmp_path / "results" / "04_quantization.json").read_text())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "06_choosing_a_method.ipynb"
 NAME = "06_choosing_a_method"
@@ -16,7 +16,7 @@ NAME = "06_choosing_a_method"
 
 def run(folder, **overrides):
     folder.mkdir(parents=True, exist_ok=True)
-    outcome = execute(NB, folder, {**smoke_parameters(NB), **overrides})
+    outcome = execute_smoke(NB, folder, {**smoke_parameters(NB), **overrides})
     assert outcome.ok, outcome.error
     return json.loads((folder / "results" / f"{NAME}.json").read_text())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.runner import execute, smoke_parameters
+from kit.runner import execute_smoke, smoke_parameters
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "07_scaling_out.ipynb"
 NAME = "07_scaling_out"
@@ -17,7 +17,7 @@ NAME = "07_scaling_out"
 @pytest.mark.slow
 def test_scaling_out_notebook(tmp_path):
     params = smoke_parameters(NB)
-    outcome = execute(NB, tmp_path, params)
+    outcome = execute_smoke(NB, tmp_path, params)
     assert outcome.ok, outcome.error
     res = json.loads((tmp_path / "results" / f"{NAME}.json").read_text())
     steps = params["STEPS"]

@@ -70,3 +70,22 @@ def test_overview_table_prefers_the_comparison_notebook(tmp_path):
     record("06_choose", {"overview_rows": [{"method": "full"}, {"method": "lora"}, {"method": "qlora"}]}, tmp_path)
     table = runner.overview_table(runner.load_results(tmp_path))
     assert table.count("\n") == 4 and "| qlora |" in table
+
+
+@pytest.mark.notebook
+def test_a_stalled_cell_is_cut_off_and_run_again_but_an_error_is_not(tmp_path, capsys):
+    """A cell past cell_timeout counts as a stalled run and gets one more attempt; a cell that
+    raises is reported at once. (A lost kernel message once left a test waiting forever.)"""
+    tries = tmp_path / "tries.txt"
+    slow = _notebook(tmp_path / "01_slow.ipynb", [
+        "RUN_DIR = ''",
+        f"import time\nwith open({str(tries)!r}, 'a') as f:\n    f.write('x')\ntime.sleep(30)"])
+    out = runner.execute(slow, tmp_path / "run", {}, cell_timeout=3, attempts=2)
+    assert not out.ok and out.stalled and "3 s limit per cell" in out.error
+    assert tries.read_text() == "xx"                                  # tried twice
+    assert "running it again (2 of 2)" in capsys.readouterr().err
+    bad = _notebook(tmp_path / "02_bad.ipynb", ["RUN_DIR = ''", "raise ValueError('boom')"])
+    out = runner.execute(bad, tmp_path / "run", {}, cell_timeout=30, attempts=2)
+    assert not out.ok and not out.stalled and "boom" in out.error
+    with pytest.raises(ValueError, match="attempts must be >= 1"):
+        runner.execute(bad, tmp_path / "run", {}, attempts=0)
