@@ -139,8 +139,8 @@ def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
         print("gpu-check: --recipe sets the method; leave out --methods (or leave out --recipe).")
         return 2
     if recipe:
+        from kit.finetune_cli import train_config
         from kit.recipes import RecipeError, estimate_for, load
-        from kit.train import LoraSettings
         try:
             values = load(recipe)
         except (RecipeError, FileNotFoundError, ValueError) as e:
@@ -150,8 +150,7 @@ def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
         settings = dict(batch_size=values["batch_size"], task=values["task"],
                         gradient_checkpointing=values["gradient_checkpointing"],
                         optimizer=values["optimizer"] if prof.device == "cuda" else "adamw",
-                        lora=LoraSettings(r=values["lora_r"], alpha=values["lora_alpha"],
-                                          dropout=values["lora_dropout"], targets=values["lora_targets"]))
+                        lora=train_config(values).lora)
         est = estimate_for(values)
         if est is not None:
             note = (f"Recipe {values['_name']}: kit.memory.estimate at its max_length "

@@ -37,6 +37,7 @@ Accounting conventions (the same on both sides):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
@@ -262,8 +263,6 @@ def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
     autocast: the forward's autocast dtype. "auto" = what kit.train does on this device (on
     CUDA the device policy's bf16 or fp16, on a CPU none); None = no autocast; or a dtype
     (torch.bfloat16 on a CPU imitates a GPU's 16-bit step, slowly)."""
-    import contextlib
-
     if batch.get("labels") is None:
         raise ValueError("batch must contain 'labels' (e.g. labels = input_ids) so the model "
                          "returns a loss to backpropagate.")
@@ -324,6 +323,12 @@ def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
 
 
 # ---------------------------------------------------------------------------- estimating
+def _lora_params(a: Arch, tg: tuple, r: int) -> int:
+    """Numbers in the adapters: r x (in + out) per targeted Linear, every layer."""
+    shapes = linear_shapes(a)
+    return a.num_hidden_layers * sum(r * (shapes[t][0] + shapes[t][1]) * shapes[t][2] for t in tg)
+
+
 def _targets(targets) -> tuple[str, ...]:
     if targets == "all-linear":
         return LINEARS
@@ -437,9 +442,7 @@ def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: in
         # autocast keeps one 16-bit copy of each fp32 adapter matrix for the backward pass
         # (under checkpointing the copies are remade during recomputation, not kept)
         # (not in layer 0 the A of q, k, v: their input needs no gradient, so A's copy is not kept)
-        shapes = linear_shapes(a)
-        copies = L * sum(r * (shapes[t][0] + shapes[t][1]) * shapes[t][2] for t in tg)
-        copies -= r * H * sum(t in tg for t in ("q_proj", "k_proj", "v_proj"))
+        copies = _lora_params(a, tg, r) - r * H * sum(t in tg for t in ("q_proj", "k_proj", "v_proj"))
         rows.append(("autocast: 16-bit copies of the adapters", copies * act_bytes))
     if q32:
         rows.append(("autocast: 16-bit copy of the fp32 output head", a.vocab_size * H * act_bytes))
@@ -506,7 +509,7 @@ def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
         weights = P * pb
     else:
         tg = _targets(targets)
-        trainable = L * sum(r * (shapes[t][0] + shapes[t][1]) * shapes[t][2] for t in tg)
+        trainable = _lora_params(a, tg, r)
         n_tensors = 2 * L * sum(shapes[t][2] for t in tg)
         pb = 4                                              # adapters: fp32
         if method == "lora":

@@ -80,16 +80,19 @@ def ensure_bundled(verbose: bool = True) -> Path:
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(gguf_model.state_dict())
     fresh.generation_config.pad_token_id = tok.pad_token_id or tok.eos_token_id
-    tmp = folder.with_name(folder.name + ".tmp")
-    fresh.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
+    _publish(fresh, tok, folder)
     return folder
 
 
-def _swap(tmp: Path, folder: Path) -> None:
+def _publish(model, tokenizer, folder: Path) -> None:
+    """Save model and tokenizer beside `folder`, then move them into place: a run stopped
+    half-way never leaves a folder that looks complete."""
     import shutil
-    shutil.rmtree(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
     tmp.replace(folder)
 
 
@@ -109,10 +112,7 @@ def ensure_tiny(seed: int = 0) -> Path:
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
+    _publish(model, tok, folder)
     return folder
 
 
@@ -157,13 +157,10 @@ def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> P
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(before)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    _publish(model, tok, folder)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    tmp.replace(folder) if not folder.exists() else _swap(tmp, folder)
     return folder
 
 
