@@ -28,12 +28,13 @@ import torch  # noqa: E402
 from kit.data import batches, make_task, tokenize  # noqa: E402
 from kit.device import profile  # noqa: E402
 from kit.models import load_model  # noqa: E402
-from kit.train import DEFAULT_LR, LoraSettings, TrainConfig, finetune, precision  # noqa: E402
+from kit.arch import DEFAULT_LR  # noqa: E402
+from kit.train import TrainConfig, finetune, precision  # noqa: E402
 
 MB = 1e6
 
 
-def bare_loop(model, train_set, pad_id, method, steps, batch_size, lr, seed, lora):
+def bare_loop(model, train_set, pad_id, method, steps, batch_size, lr, seed, cfg):
     """The same training with transformers + peft + torch only: the reference for overhead."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import get_cosine_schedule_with_warmup
@@ -44,9 +45,9 @@ def bare_loop(model, train_set, pad_id, method, steps, batch_size, lr, seed, lor
     else:
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
-                                                 lora_dropout=lora.dropout,
-                                                 target_modules=lora.targets, task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout,
+                                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps)
@@ -98,7 +99,6 @@ def main():
 
     prof = profile()
     data = make_task("dates", n_train=200, n_val=1, n_test=1, seed=0)
-    lora = LoraSettings(dropout=0.0)  # no dropout: both loops then compute the same losses
     rows = []
     for method in args.methods.split(","):
         quantization = "nf4" if method == "qlora" else None
@@ -106,8 +106,9 @@ def main():
         print(f"[{method}] kit loop ...", file=sys.stderr, flush=True)
         model, tok = load_model(args.model, quantization=quantization)
         train_set = tokenize(data["train"], tok)
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup_steps=0,
-                          eval_every=0, progress=False, lora=lora)
+        cfg = TrainConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=lr,
+                          warmup_steps=0, eval_steps=0, disable_tqdm=True,
+                          lora_dropout=0.0)  # no dropout: both loops then compute the same losses
         cpu0 = time.process_time()
         result = finetune(model, tok, train_set, method, cfg)
         kit_cpu = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared CPU
@@ -123,7 +124,7 @@ def main():
             model, tok = load_model(args.model, quantization=quantization)
             cpu0 = time.process_time()
             losses, times, tokens = bare_loop(model, train_set, tok.pad_token_id, method,
-                                              args.steps, args.batch_size, lr, cfg.seed, lora)
+                                              args.steps, args.batch_size, lr, cfg.seed, cfg)
             row.update(bare_s=statistics.median(times[1:]), bare_loss=losses[-1],
                        bare_tps=sum(tokens[1:]) / sum(times[1:]))
             row["ratio"] = row["kit_s"] / row["bare_s"]

@@ -3,10 +3,9 @@
     prepare      convert the bundled model into the local cache (make setup runs it)
     device       print the device profile and dtype policy
     run          execute every notebook headless into runs/<timestamp>/ (make run)
-    finetune     train from a recipe: --config recipes/cpu-lora.yaml [--knob value ...]
+    finetune     train from a recipe: --config cpu-lora [--knob value ...] (--help: every knob)
     gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
     sync-links   rewrite the Colab links of notebooks and README from pyproject's URL
-    sync-recipes rewrite recipes/*.yaml from kit/recipes.py (knobs and their comments)
 """
 from __future__ import annotations
 
@@ -15,6 +14,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.recipe)
+        from kit.finetune_cli import main as finetune_main  # loads the training stack: lazy
+        return finetune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,11 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                      "(with --out: continue an earlier run in its folder)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     sub.add_parser("sync-links", help="rewrite Colab links from pyproject's Repository URL")
-    sub.add_parser("sync-recipes", help="rewrite recipes/*.yaml from kit/recipes.py")
-    ft = sub.add_parser("finetune", help="train from a YAML recipe (recipes/); resumable",
-                        description="Train from a recipe. Any knob of the recipe can be overridden: "
-                                    "--steps 100 --lora_r 16. Knobs: kit/recipes.py (KNOBS).")
-    ft.add_argument("--config", help="a recipe file, or a name from recipes/ (cpu-lora, ...)")
+    sub.add_parser("finetune", help="train from a YAML recipe (kit/recipes/); resumable; "
+                   "python -m kit finetune --help lists every knob")
     gpu = sub.add_parser("gpu-check", help="LoRA and QLoRA steps on the GPU vs the estimator")
     gpu.add_argument("--steps", type=int, default=5, help="optimizer steps per method (default 5)")
     gpu.add_argument("--model", default="smollm2-135m", help="model to check (default the bundled one)")
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--random-weights", action="store_true",
                      help="build the model's architecture with random weights (no download; "
                           "memory and speed as the real model's)")
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "finetune":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
 
     if args.command == "prepare":
         from kit.models import ensure_bundled, ensure_tiny
@@ -65,19 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0 if summary.ok else 1
-    if args.command == "finetune":
-        from kit.finetune_cli import main as finetune_main
-        return finetune_main(args.config, extra)
     if args.command == "gpu-check":
         from kit.gpu_check import main as gpu_main
         return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,
                         recipe=args.recipe, random_weights=args.random_weights,
                         methods=args.methods.split(",") if args.methods is not None else None)
-    if args.command == "sync-recipes":
-        from kit.recipes import sync as sync_recipes
-        for path in sync_recipes():
-            print(f"updated {path}")
-        return 0
     if args.command == "sync-links":
         from kit.links import sync
         for path in sync():

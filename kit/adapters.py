@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kit.checkpoint import read_json, read_tensors
+
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
@@ -56,7 +58,6 @@ def save_adapter(model, path, allow_untrained: bool = False) -> dict:
     whose lora_B are all zero (untrained: it changes nothing) unless allow_untrained=True.
     """
     from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     _require_peft(model, "save_adapter")
     name = model.active_adapter
@@ -72,7 +73,7 @@ def save_adapter(model, path, allow_untrained: bool = False) -> dict:
     path = Path(path)
     model.save_pretrained(str(path), safe_serialization=True, selected_adapters=[name])
     folder = path if name == "default" else path / name
-    saved = load_file(str(folder / ADAPTER_FILE))  # the trap: files that save "fine" but empty
+    saved = read_tensors(folder / ADAPTER_FILE, "adapter")  # the trap: files that save "fine" but empty
     if len(saved) != len(state) or sum(t.numel() for t in saved.values()) == 0:
         raise RuntimeError(f"{folder / ADAPTER_FILE} reloads with {len(saved)} tensors, expected "
                            f"{len(state)}: the adapter was not saved correctly.")
@@ -86,15 +87,18 @@ def load_adapter(base_model, path, adapter_name: str = "default", is_trainable: 
 
     base_model may be a plain model (a new peft model wraps it) or a peft model that
     already has adapters (this one is added under `adapter_name`; use set_adapter to
-    switch). is_trainable=True to keep training it with finetune().
+    switch). is_trainable=True to keep training it with finetune(). A truncated or corrupt
+    adapter file raises kit.checkpoint.DamagedFileError naming it, before peft reads it
+    (base_model is then left as it was).
     """
     from peft import PeftModel, get_peft_model_state_dict
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not (path / "adapter_config.json").exists() or not (path / ADAPTER_FILE).exists():
         raise ValueError(f"path {str(path)!r} holds no saved adapter (adapter_config.json and "
                          f"{ADAPTER_FILE}); pass the folder save_adapter returned as 'path'.")
+    read_json(path / "adapter_config.json", "adapter", {"peft_type": str})
+    saved = read_tensors(path / ADAPTER_FILE, "adapter")  # checked here: peft's errors are cryptic
     if isinstance(base_model, PeftModel):
         if adapter_name in base_model.peft_config:
             raise ValueError(f"adapter_name {adapter_name!r} is already loaded "
@@ -105,7 +109,6 @@ def load_adapter(base_model, path, adapter_name: str = "default", is_trainable: 
         model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                           is_trainable=is_trainable)
     # Check every saved tensor landed in the model (a key mismatch would load nothing, silently).
-    saved = load_file(str(path / ADAPTER_FILE))
     loaded = get_peft_model_state_dict(model, adapter_name=adapter_name)
     if set(saved) != set(loaded) or any(not torch.equal(saved[k], loaded[k].cpu().to(saved[k].dtype))
                                         for k in saved):

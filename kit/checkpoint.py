@@ -12,23 +12,149 @@ A checkpoint is written into a temporary folder and renamed when complete, so a 
 killed while saving leaves the previous checkpoint intact; only the newest `keep` are
 kept. Tensors go to safetensors and everything else to JSON: loading one runs no code
 (no pickle).
+
+Files still get damaged after they are written: a copy that stopped early, a full disk, a
+sync tool. Every safetensors file the kit reads goes through `read_tensors` (or
+`check_tensors`, the header only), which turns a missing, truncated or corrupt file into
+one `DamagedFileError` naming the file and the fix. `resume` skips a damaged checkpoint
+(with a warning), resumes from the newest intact one and renames the damaged one to
+damaged-checkpoint-000040, so that pruning never counts it and never deletes an intact one.
+
+A safetensors file is: 8 bytes (little-endian) giving the header length N, N bytes of JSON
+header (name -> dtype, shape, data_offsets), then the tensors' bytes.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 PREFIX = "checkpoint-"
-# Settings that may change between an interrupted run and its resumption without
-# changing what the finished steps mean (steps: train for longer; the rest: reporting).
-MAY_CHANGE = {"steps", "progress", "eval_every"}
+DAMAGED = "damaged-"  # a damaged checkpoint is renamed damaged-checkpoint-000040
+# The one list of settings that may change between an interrupted run and its resumption
+# without changing what the finished steps mean (max_steps: train for longer; the rest:
+# reporting, where checkpoints go and how many are kept). Every other setting must match.
+MAY_CHANGE = {"max_steps", "stop_after", "eval_steps", "save_steps", "save_total_limit", "disable_tqdm",
+              "resume", "eval_examples", "output_dir", "device"}
+# What to do about a damaged file, by what it holds (the `what` of read_tensors).
+FIXES = {
+    "adapter": "Re-save it from the trained model (save_adapter(model, path)), or copy it again "
+               "from where it was saved.",
+    "checkpoint": "Resuming skips a damaged checkpoint and starts from an older intact one; if "
+                  "none is left, delete the checkpoint folder to start the run afresh.",
+    "model": "Save the model again (save_full(model, path)), or copy the folder again; for a "
+             "model in the kit's cache, delete its folder and load_model builds it again.",
+    "file": "Write it again, or copy it again from where it came from.",
+}
+# What state.json must hold ("a.b": key b inside a) and of which type.
+STATE_FIELDS = {"step": int, "history": dict, "history.steps": list, "history.evals": list,
+                "settings": dict, "optimizer": dict, "optimizer.scalars": dict,
+                "optimizer.param_groups": list, "scaler": dict}
 
 
+# ---------------------------------------------------------------------------- damaged files
+class DamagedFileError(ValueError):
+    """A saved file is missing, truncated or corrupt. The message names the file and the fix;
+    .path is the file (or folder), .reason what is wrong with it."""
+
+    def __init__(self, message: str, path=None, reason: str | None = None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+def _damaged(path, reason: str, what: str) -> DamagedFileError:
+    """The error for a damaged file holding `what` ("adapter", "checkpoint", "model", ...)."""
+    fix = FIXES.get(what, FIXES["file"])
+    return DamagedFileError(f"The {what} file {str(path)!r} is damaged: {reason}. {fix}", path, reason)
+
+
+def _diagnose(path: Path) -> str | None:
+    """What is wrong with a safetensors file, in words; None if the sizes look right."""
+    if not path.is_file():
+        return "it does not exist" if not path.exists() else "it is not a file"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"it is {size} bytes long, too short for even the 8-byte header length (truncated)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return (f"its header length says {n:,} bytes but only {size - 8:,} follow (truncated, "
+                    "or not a safetensors file)")
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not valid safetensors JSON (corrupt, or not a safetensors file)"
+    expected = 8 + n + end
+    if size < expected:
+        return (f"it has {size:,} bytes where its header describes {expected:,} (truncated: a save "
+                "or copy that stopped early)")
+    if size > expected:
+        return f"it has {size:,} bytes where its header describes {expected:,} (extra bytes: corrupt)"
+    return None
+
+
+def check_tensors(path, what: str = "file") -> None:
+    """Check that `path` is a complete safetensors file, reading only its header (cheap);
+    raise DamagedFileError naming the file and the fix if not. what: "adapter",
+    "checkpoint", "model", ... (what the file holds: it chooses the fix)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt"):  # parses the header, checks it covers the whole file
+            pass
+    except (OSError, SafetensorError) as e:
+        raise _damaged(path, _diagnose(path) or str(e), what) from e
+
+
+def read_tensors(path, what: str = "file") -> dict[str, torch.Tensor]:
+    """All tensors of the safetensors file `path` (on the CPU), by name. A missing,
+    truncated or corrupt file raises DamagedFileError naming the file and the fix
+    (what: "adapter", "checkpoint", "model", ...: what the file holds)."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise _damaged(path, _diagnose(path) or str(e), what) from e
+
+
+def _field(d: dict, dotted: str):
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def read_json(path, what: str = "file", fields: dict | None = None) -> dict:
+    """The JSON object in `path`, with `fields` ({"a.b": type}) present and of that type;
+    DamagedFileError (naming the file) if it is missing, invalid JSON or lacks a field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise _damaged(path, f"it cannot be read ({e.strerror or e})", what) from e
+    except ValueError as e:  # invalid JSON or not UTF-8
+        raise _damaged(path, f"it is not valid JSON ({e})", what) from e
+    if not isinstance(data, dict):
+        raise _damaged(path, f"it holds a JSON {type(data).__name__}, not an object", what)
+    wrong = []
+    for key, kind in (fields or {}).items():  # "history.steps" is not named again if "history" is
+        if not isinstance(_field(data, key), kind) and key.split(".")[0] not in wrong:
+            wrong.append(key)
+    if wrong:
+        raise _damaged(path, f"it lacks {', '.join(wrong)} (or they have the wrong type)", what)
+    return data
+
+
+# ---------------------------------------------------------------------------- saving
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train, by name, as contiguous CPU tensors."""
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()
@@ -70,8 +196,6 @@ def checkpoints(folder) -> list[Path]:
 def save(folder, step: int, model: nn.Module, optimizer, scaler, history: dict, settings: dict,
          keep: int = 2) -> Path:
     """Write checkpoint-<step> into `folder` (atomically) and drop all but the newest `keep`."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:06d}"
@@ -117,34 +241,110 @@ def check_settings(saved: dict, now: dict, where) -> list[str]:
     return differ
 
 
-def load(path, model: nn.Module, optimizer, scaler, settings: dict) -> dict:
-    """Restore a checkpoint into model, optimizer and scaler; returns its state.json
-    (step, history, ...) with "changed": the harmless setting changes."""
-    from safetensors.torch import load_file
+# ---------------------------------------------------------------------------- loading
+@dataclass
+class Saved:
+    """A checkpoint read into memory (see `read`); nothing of it is in a model yet."""
+    path: Path
+    state: dict                           # state.json
+    trainable: dict[str, torch.Tensor]    # trainable.safetensors
+    optimizer: dict[str, torch.Tensor]    # optimizer.safetensors
+    rng: dict[str, torch.Tensor]          # rng.safetensors
 
+
+def read(path) -> Saved:
+    """Read every file of the checkpoint in `path` and check it; changes nothing.
+    A missing, truncated or corrupt file (or state.json without its fields) raises
+    DamagedFileError naming it, before any tensor reaches a model."""
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
+    state = read_json(path / "state.json", "checkpoint", STATE_FIELDS)
+    trainable, optimizer, rng = (read_tensors(path / f"{name}.safetensors", "checkpoint")
+                                 for name in ("trainable", "optimizer", "rng"))
+    if "cpu" not in rng or rng["cpu"].shape != torch.get_rng_state().shape:
+        raise _damaged(path / "rng.safetensors", "it holds no CPU random state", "checkpoint")
+    return Saved(path, state, trainable, optimizer, rng)
+
+
+def restore(saved: Saved, model: nn.Module, optimizer, scaler, settings: dict) -> dict:
+    """Put a checkpoint read by `read` into model, optimizer and scaler; returns its
+    state.json (step, history, ...) with "changed": the harmless setting changes.
+    Raises ValueError, changing nothing, if it was made with other settings or for
+    another model."""
+    path, state = saved.path, saved.state
     changed = check_settings(state["settings"], settings, path)
-    saved = load_file(str(path / "trainable.safetensors"))
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    misfit = sorted(k for k in set(saved) & set(params) if saved[k].shape != params[k].shape)
-    if set(saved) != set(params) or misfit:
-        missing, extra = sorted(set(params) - set(saved))[:3], sorted(set(saved) - set(params))[:3]
+    tensors = saved.trainable
+    misfit = sorted(k for k in set(tensors) & set(params) if tensors[k].shape != params[k].shape)
+    if set(tensors) != set(params) or misfit:
+        missing, extra = sorted(set(params) - set(tensors))[:3], sorted(set(tensors) - set(params))[:3]
         raise ValueError(f"The checkpoint in {str(path)!r} does not fit this model (missing {missing}, "
                          f"unexpected {extra}, other shapes {misfit[:3]}): resume with the model and "
                          "method it was made with.")
+    device = next(iter(params.values())).device
+    # The optimizer first: load_state_dict checks that the state fits before it changes anything.
+    optimizer.load_state_dict(_join_optimizer(saved.optimizer, state["optimizer"], device))
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(saved[name].to(p.dtype))
-    device = next(iter(params.values())).device
-    optimizer.load_state_dict(_join_optimizer(load_file(str(path / "optimizer.safetensors")),
-                                              state["optimizer"], device))
+            p.copy_(tensors[name].to(p.dtype))
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda.")]
+    torch.set_rng_state(saved.rng["cpu"])
+    cuda = [saved.rng[k] for k in sorted(saved.rng) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    state["changed"] = changed
-    return state
+    return state | {"changed": changed}
+
+
+def load(path, model: nn.Module, optimizer, scaler, settings: dict) -> dict:
+    """Restore the checkpoint in `path` into model, optimizer and scaler (read, then
+    restore); returns its state.json (step, history, ...) with "changed": the harmless
+    setting changes. DamagedFileError for a damaged checkpoint, ValueError for one made
+    with other settings or for another model; either way the model is left as it was."""
+    return restore(read(path), model, optimizer, scaler, settings)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to damaged-<name> (checkpoints() no longer lists it, so
+    pruning never counts it); returns the new path."""
+    target, n = path.with_name(DAMAGED + path.name), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{DAMAGED}{path.name}-{n}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # with several processes resuming, another one moved it first
+        pass
+    return target
+
+
+def resume(folder, model: nn.Module, optimizer, scaler, settings: dict) -> dict | None:
+    """Restore the newest intact checkpoint in `folder` (see `load`); returns its state
+    with "path", or None when there is no checkpoint.
+
+    Checkpoints are tried newest first. A damaged one is skipped with a warning and, once
+    an older one is restored, renamed to damaged-checkpoint-<step> (kept for a look;
+    delete it when done). Other settings or another model (ValueError) are not damage:
+    they propagate and nothing is renamed. If every checkpoint is damaged, DamagedFileError
+    names them all (the run does not silently start again from step 0)."""
+    found = checkpoints(folder) if folder else []
+    damaged: list[tuple[Path, DamagedFileError]] = []
+    for path in reversed(found):
+        try:
+            saved = read(path)
+        except DamagedFileError as e:
+            damaged.append((path, e))
+            continue
+        state = restore(saved, model, optimizer, scaler, settings) | {"path": str(path)}
+        for bad, error in damaged:
+            moved = _set_aside(bad)
+            warnings.warn(f"Checkpoint {str(bad)!r} is damaged ({Path(error.path).name}: {error.reason}); "
+                          f"the run resumes from the older {path.name} instead. The damaged one was "
+                          f"renamed {moved.name}: look at it, then delete it.", stacklevel=2)
+        return state
+    if damaged:
+        detail = "; ".join(f"{bad.name} ({Path(e.path).name}: {e.reason})" for bad, e in damaged)
+        raise DamagedFileError(
+            f"Every checkpoint in {str(folder)!r} is damaged, so there is none to resume from: "
+            f"{detail}. Delete the folder (python -m kit finetune: --resume false) to start the run "
+            "again from step 0, or put an intact copy of a checkpoint back.", Path(folder), detail)
+    return None

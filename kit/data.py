@@ -25,7 +25,6 @@ Tasks (`make_task`):
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -35,6 +34,10 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
+
+from kit.models import hub_reachable  # kit.models does not import kit.data: no cycle
 
 TASKS = ("dates", "extract")
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
@@ -43,6 +46,10 @@ IGNORE_INDEX = -100  # label value that torch.nn.functional.cross_entropy skips
 
 class OverflowWarning(UserWarning):
     """Examples were truncated or dropped because they exceed max_length."""
+
+
+class SkippedRowsWarning(UserWarning):
+    """Rows of your data were skipped because their prompt or response is empty."""
 
 
 # =============================================================================== tasks
@@ -172,8 +179,6 @@ def make_task(name: str, n_train: int = 400, n_val: int = 50, n_test: int = 100,
     prompt, response. Deterministic under `seed`; no prompt appears in two splits.
     The test split is drawn first, then validation, then train, so for a given seed the
     test set does not change when you ask for more (or fewer) training examples."""
-    from datasets import Dataset, DatasetDict
-
     if name not in EXAMPLE_MAKERS:
         raise ValueError(f"name must be one of {TASKS}; got {name!r}. "
                          "For your own data use load_local(...) or load_hub(...).")
@@ -241,93 +246,167 @@ RETENTION_PROBE: list[tuple[str, str]] = [
 
 
 # =============================================================================== your data
-def _split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int, source: str):
-    """Shuffle rows (seeded) and cut them into train/validation/test."""
-    from datasets import Dataset, DatasetDict
+# Your file is read by `datasets.load_dataset` (the "json" or "csv" builder), so it gets
+# the library's parsers and its cache; the split is the library's seeded
+# `Dataset.train_test_split`. What the kit adds: one place that picks the two columns,
+# skips empty rows (and says how many), and turns the library's parse errors into
+# messages that name the file, the line and the fix.
+FILE_KINDS = {".jsonl": "JSONL", ".json": "JSON", ".csv": "CSV", ".tsv": "TSV"}
+JSONL_HINT = ('Each line of a JSONL file must be one object like {"prompt": "...", '
+              '"response": "..."}; a .json file may instead hold one list of such objects.')
 
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     for label, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not isinstance(f, (int, float)) or not 0 <= f < 1:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
             raise ValueError(f"{label} must be a number in [0, 1); got {f!r}. Use e.g. 0.1.")
-    if not rows:
-        raise ValueError(f"{source} has no examples (no rows with both a prompt and a "
-                         "response). Check the file and the column names.")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_test = round(len(rows) * test_fraction)
-    n_val = round(len(rows) * val_fraction)
-    if n_test + n_val >= len(rows):
-        raise ValueError(f"{source} has only {len(rows)} examples: nothing left for training "
-                         f"with val_fraction={val_fraction} and test_fraction={test_fraction}. "
-                         "Use smaller fractions or more data.")
-    cut = {"test": order[:n_test], "validation": order[n_test:n_test + n_val],
-           "train": order[n_test + n_val:]}
-
-    def as_dataset(idx):
-        return Dataset.from_dict({"prompt": [rows[i]["prompt"] for i in idx],
-                                  "response": [rows[i]["response"] for i in idx]})
-
-    return DatasetDict(train=as_dataset(cut["train"]), validation=as_dataset(cut["validation"]),
-                       test=as_dataset(cut["test"]))
 
 
-def _pick_columns(records: list[dict], prompt_column: str, response_column: str,
-                  source: str) -> list[dict]:
-    """Rename the user's columns to prompt/response; skip rows where either is empty."""
-    if not records:
-        raise ValueError(f"{source} is empty. Give a file with at least a few examples.")
-    columns = list(records[0].keys())
-    for label, col in (("prompt_column", prompt_column), ("response_column", response_column)):
-        if col not in columns:
-            raise ValueError(f"{label}={col!r} is not a column of {source}; its columns are "
-                             f"{columns}. Pass {label}='<one of those>'.")
-    rows = []
-    for r in records:
-        p, a = r.get(prompt_column), r.get(response_column)
-        if p is None or a is None or not str(p).strip() or not str(a).strip():
-            continue
-        rows.append({"prompt": str(p), "response": str(a)})
-    return rows
-
-
-def _read_records(path: Path) -> list[dict]:
-    """JSONL (one object per line; a .json file holding a list also works) or CSV/TSV."""
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        return [dict(r) for r in reader]
-    if suffix in (".jsonl", ".json"):
-        if text.lstrip().startswith("["):
-            records = json.loads(text)
-        else:
-            records = []
-            for i, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {i} is not valid JSON ({e.msg}). Each line of "
-                                     "a JSONL file must be one object like "
-                                     '{"prompt": "...", "response": "..."}.') from None
-        if not all(isinstance(r, dict) for r in records):
-            raise ValueError(f"{path} must hold JSON objects (one per line), each with a prompt "
-                             "and a response field.")
-        return records
+def _reader_for(path: Path, prompt_column: str, response_column: str) -> tuple[str, dict]:
+    """-> (the `datasets` builder name, its options) for the file's extension."""
+    kind = FILE_KINDS.get(path.suffix.lower())
+    if kind in ("JSONL", "JSON"):
+        return "json", {}
+    if kind in ("CSV", "TSV"):
+        # converters=str keeps the two text columns exactly as written (pandas would turn
+        # "007" into 7 and "3.10" into 3.1); keep_default_na=False keeps answers such as
+        # "NA" or "null" as text, and an empty cell stays "" (a row that is then skipped).
+        return "csv", {"delimiter": "\t" if kind == "TSV" else ",", "keep_default_na": False,
+                       "converters": {prompt_column: str, response_column: str}}
     raise ValueError(f"path must end in .jsonl, .json, .csv or .tsv; got {path.name!r}. "
                      "Save your data as JSONL (one JSON object per line) or CSV with a header.")
 
 
+def _json_problem(text: str) -> str | None:
+    """What makes `text` unreadable as JSONL (or as one JSON list), e.g. 'line 3 is not
+    valid JSON (...)'; None if every line parses to an object."""
+    if text.lstrip().startswith("["):  # one JSON list of objects
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            return f"line {e.lineno} is not valid JSON ({e.msg})"
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                return f"item {i} of the list is not a JSON object"
+        return None
+    # split("\n"), not splitlines(): a JSON string may hold a raw \u2028, which splitlines
+    # would cut, so the numbers are the file's own line numbers
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {number} is not valid JSON ({e.msg})"
+        if not isinstance(record, dict):
+            return f"line {number} is not a JSON object"
+    return None
+
+
+def _read_error(path: Path, error: Exception) -> ValueError:
+    """A clear ValueError for a file that `datasets` could not read. The file is scanned
+    here, on failure only, to find the cause (an empty file, the first bad JSON line)."""
+    kind = FILE_KINDS[path.suffix.lower()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines or text.strip() == "[]":
+        return ValueError(f"{path} is empty. Give a file with at least a few examples.")
+    if kind in ("CSV", "TSV") and len(lines) == 1:
+        return ValueError(f"{path} is empty: it has a header line but no rows below it. "
+                          "Add one example per row.")
+    if kind in ("JSONL", "JSON"):
+        problem = _json_problem(text)
+        if problem:
+            return ValueError(f"{path} {problem}. {JSONL_HINT}")
+    reason = error.__cause__ or error  # the library wraps the parser's error
+    hint = (JSONL_HINT if kind in ("JSONL", "JSON") else
+            "The first line must name the columns and every row must have as many fields.")
+    return ValueError(f"Could not read {path} as {kind}: {reason}. {hint}")
+
+
+def _read_file(path: Path, prompt_column: str, response_column: str):
+    """The whole file as one `datasets.Dataset`, every column it has."""
+    builder, options = _reader_for(path, prompt_column, response_column)
+    try:
+        return load_dataset(builder, data_files=str(path), split="train", **options)
+    except (DatasetGenerationError, ValueError, StopIteration) as e:
+        # The parser's error (pyarrow's or pandas', both ValueErrors) arrives bare or wrapped
+        # in a DatasetGenerationError; an empty JSON file even gives StopIteration.
+        raise _read_error(path, e) from None
+
+
+def _has_text(value) -> bool:
+    return value is not None and bool(str(value).strip())
+
+
+def _pick_columns(data, prompt_column: str, response_column: str, source: str):
+    """-> Dataset with columns prompt, response (as strings) from the user's two columns.
+    Rows where either is empty are skipped and counted in a SkippedRowsWarning."""
+    if len(data) == 0:
+        raise ValueError(f"{source} is empty. Give a file with at least a few examples.")
+    for label, col in (("prompt_column", prompt_column), ("response_column", response_column)):
+        if col not in data.column_names:
+            raise ValueError(f"{label}={col!r} is not a column of {source}; its columns are "
+                             f"{data.column_names}. Pass {label}='<one of those>'.")
+    pairs = [(str(p), str(r)) for p, r in zip(data[prompt_column], data[response_column])
+             if _has_text(p) and _has_text(r)]  # str(): numbers in a JSON file become text
+    skipped = len(data) - len(pairs)
+    if not pairs:
+        raise ValueError(f"{source} has no examples: all {len(data)} rows have an empty "
+                         f"{prompt_column!r} or {response_column!r}. Check the file and the "
+                         "column names.")
+    if skipped:
+        warnings.warn(f"{source}: skipped {skipped} of {len(data)} rows with an empty "
+                      f"{prompt_column!r} or {response_column!r}.", SkippedRowsWarning,
+                      stacklevel=3)
+    return Dataset.from_dict({"prompt": [p for p, _ in pairs],
+                              "response": [r for _, r in pairs]})
+
+
+def _take_out(data, n: int, seed: int):
+    """-> (the rest, n examples drawn from `data` with the library's seeded split)."""
+    if n == 0:  # train_test_split refuses test_size=0
+        return data, data.select([])
+    parts = data.train_test_split(test_size=n, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def _split(data, val_fraction: float, test_fraction: float, seed: int, source: str):
+    """Cut a prompt/response Dataset into DatasetDict(train, validation, test).
+
+    Sizes: round(n * fraction) for test and validation (so 0.1 of 30 is 3), the rest is
+    train. They are passed to train_test_split as counts: given a float it takes
+    ceil(fraction * n), and 0.1 * 30 is 3.0000000000000004 in floating point, so 4.
+    The test split is drawn first, then validation from what is left."""
+    n = len(data)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    if n_test + n_val >= n:
+        raise ValueError(f"{source} has only {n} examples: nothing left for training with "
+                         f"val_fraction={val_fraction} and test_fraction={test_fraction}. "
+                         "Use smaller fractions or more data.")
+    rest, test = _take_out(data, n_test, seed)
+    train, validation = _take_out(rest, n_val, seed)
+    return DatasetDict(train=train, validation=validation, test=test)
+
+
 def load_local(path, prompt_column: str = "prompt", response_column: str = "response",
                val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
-    """Your own examples from a JSONL or CSV file -> DatasetDict(train, validation, test)
-    with columns prompt and response. `prompt_column`/`response_column` name your columns
-    (e.g. prompt_column="question", response_column="answer"). Rows with an empty prompt
-    or response are skipped; the split is a seeded shuffle."""
+    """Your own examples from a file -> DatasetDict(train, validation, test) with columns
+    prompt and response.
+
+    Files: .jsonl (one JSON object per line), .json (the same, or one list of objects),
+    .csv or .tsv (a header line naming the columns), read with `datasets.load_dataset`.
+    `prompt_column`/`response_column` name your columns (e.g. prompt_column="question",
+    response_column="answer"); other columns are ignored, numbers become text. Rows with
+    an empty prompt or response are skipped, with a SkippedRowsWarning that counts them.
+    The split is seeded (`Dataset.train_test_split`): the same seed gives the same split."""
+    _check_fractions(val_fraction, test_fraction)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"path {str(path)!r} is not a file. Give the path of a .jsonl or .csv file.")
-    rows = _pick_columns(_read_records(path), prompt_column, response_column, str(path))
+        raise ValueError(f"path {str(path)!r} is not a file. Give the path of a .jsonl, .json, "
+                         ".csv or .tsv file.")
+    data = _read_file(path, prompt_column, response_column)
+    rows = _pick_columns(data, prompt_column, response_column, str(path))
     return _split(rows, val_fraction, test_fraction, seed, str(path))
 
 
@@ -340,19 +419,16 @@ def load_hub(dataset_id: str, prompt_column: str, response_column: str, split: s
              config: str | None = None, n: int | None = None, val_fraction: float = 0.1,
              test_fraction: float = 0.1, seed: int = 0):
     """A dataset from the Hugging Face hub via `datasets.load_dataset`, mapped to
-    prompt/response and split like `load_local`. Needs the network: offline (no network,
-    or HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) it fails at once with a ValueError.
-    `n` keeps only the first n rows of `split`."""
-    from kit.models import hub_reachable
-
+    prompt/response and split like `load_local` (same column picking, same split).
+    Needs the network: offline (no network, or HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1)
+    it fails at once with a ValueError. `n` keeps only the first n rows of `split`."""
+    _check_fractions(val_fraction, test_fraction)
     if _offline() or not hub_reachable():
         raise ValueError(
             f"load_hub({dataset_id!r}) needs the Hugging Face hub, which is not reachable "
             "(no network, or HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set). Connect to the "
             "network (and unset those variables), or export the data to a JSONL/CSV file "
             "and use load_local(path, prompt_column=..., response_column=...).")
-    from datasets import load_dataset
-
     try:
         data = load_dataset(dataset_id, config, split=split)
     except Exception as e:  # unknown id, private dataset, bad split ...
@@ -361,9 +437,9 @@ def load_hub(dataset_id: str, prompt_column: str, response_column: str, split: s
                          "on its hub page.") from e
     if n is not None:
         data = data.select(range(min(n, len(data))))
-    records = data.to_list()
-    rows = _pick_columns(records, prompt_column, response_column, f"hub dataset {dataset_id!r}")
-    return _split(rows, val_fraction, test_fraction, seed, f"hub dataset {dataset_id!r}")
+    source = f"hub dataset {dataset_id!r}"
+    rows = _pick_columns(data, prompt_column, response_column, source)
+    return _split(rows, val_fraction, test_fraction, seed, source)
 
 
 # =============================================================================== formatting
@@ -387,6 +463,26 @@ def end_of_turn(tokenizer) -> tuple[str, int]:
     return token, token_id
 
 
+def pad_token_id(tokenizer) -> int:
+    """The token id that fills padded positions, one rule for training and generation:
+    the tokenizer's pad token, else the end-of-turn token (`end_of_turn`).
+
+    Padded positions are never attended to (attention_mask 0) nor scored (label -100),
+    so the choice does not change the loss; but `collate` and `model.generate` need a
+    real id, and many causal-LM tokenizers have no pad token. The fallback is the
+    end-of-turn token because every answer ends with it and generation stops on it: a
+    row that finished early is filled with more "end of turn". For a model without
+    <|im_end|>, `end_of_turn` is the eos token, the usual fallback."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    token_id = end_of_turn(tokenizer)[1]
+    if token_id is None:
+        raise ValueError("The tokenizer has no pad token, no <|im_end|> and no eos token, so "
+                         "there is no id to pad with. Set one, e.g. tokenizer.pad_token = "
+                         "tokenizer.unk_token.")
+    return token_id
+
+
 def encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
     """-> (prompt_ids, answer_ids). The answer is the response's tokens + end-of-turn.
     Both parts are tokenized separately, exactly as generation sees them."""
@@ -396,8 +492,6 @@ def encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], li
 
 
 def _tokenize_split(ds, tokenizer, max_length: int, overflow: str, split: str):
-    from datasets import Dataset
-
     for col in ("prompt", "response"):
         if col not in ds.column_names:
             raise ValueError(f"The {split} data needs a {col!r} column; it has {ds.column_names}. "
@@ -442,8 +536,6 @@ def tokenize(data, tokenizer, max_length: int = 256, overflow: str = "truncate")
       "drop"      drop the example.
       "error"     raise a ValueError naming the example and max_length.
     Truncations and drops are counted in an OverflowWarning."""
-    from datasets import Dataset, DatasetDict
-
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}; got {overflow!r}.")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:

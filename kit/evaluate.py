@@ -16,8 +16,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from datasets import DatasetDict
 
-from kit.data import IGNORE_INDEX, RETENTION_PROBE, chat_prompt, collate, end_of_turn
+from kit.data import (IGNORE_INDEX, RETENTION_PROBE, chat_prompt, collate, end_of_turn,
+                      pad_token_id)
 
 JSON_TASKS = ("extract",)
 
@@ -45,7 +47,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48,
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     eot_id = end_of_turn(tokenizer)[1]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
+    pad_id = pad_token_id(tokenizer)
     answers: list[str | None] = [None] * len(texts)
     old_side, was_training = tokenizer.padding_side, model.training
     tokenizer.padding_side = "left"
@@ -94,8 +96,6 @@ def exact_match(model, tokenizer, dataset, n: int | None = None, batch_size: int
     or None = decide from the expected answer). max_new_tokens None -> the longest expected
     answer in tokens + 8.
     -> {"accuracy", "correct", "total", "examples": [{"prompt", "expected", "got", "ok"}]}"""
-    from datasets import DatasetDict
-
     if isinstance(dataset, DatasetDict):
         raise ValueError("dataset must be one split, e.g. data['test'], not a DatasetDict.")
     for col in ("prompt", "response"):
@@ -123,6 +123,7 @@ def validation_loss(model, tokenized, pad_token_id: int, batch_size: int = 8) ->
     """Mean cross entropy over the answer tokens of a tokenized Dataset (labels != -100),
     weighted by tokens: sum of all token losses / number of answer tokens. Computed in eval
     mode (no dropout) without gradients; the model's mode is restored after.
+    pad_token_id: the id batches are padded with, kit.data.pad_token_id(tokenizer).
     -> {"loss", "perplexity" (= exp(loss)), "tokens"}"""
     if "labels" not in getattr(tokenized, "column_names", []):
         raise ValueError("validation_loss needs tokenized data (with labels); call "

@@ -1,4 +1,4 @@
-"""`python -m kit finetune --config recipes/<name>.yaml [--knob value ...]`
+"""`python -m kit finetune --config <recipe> [--knob value ...]`
 
 The notebooks' training path (kit.train.finetune) driven by a recipe, for runs that
 outgrow a notebook. It writes into the run folder (recipe knob output_dir):
@@ -10,7 +10,7 @@ outgrow a notebook. It writes into the run folder (recipe knob output_dir):
     summary.json, summary.md   what was trained, on what hardware, and how well
     processes/rank-N.json      with several processes: what each one saw and ended with
 
-The same command runs unchanged under `accelerate launch` (see recipes/accelerate/):
+The same command runs unchanged under `accelerate launch` (see kit/recipes/accelerate/):
 each process trains on its own shard of the batches and the gradients are averaged.
 """
 from __future__ import annotations
@@ -24,25 +24,32 @@ import time
 import zlib
 from pathlib import Path
 
-from kit import recipes
+import torch
+import yaml
+
+from kit import checkpoint, recipe as recipes
+from kit.adapters import save_adapter, save_full
+from kit.data import load_hub, load_local, make_task
+from kit.device import profile
+from kit.evaluate import exact_match
+from kit.models import load_model, parameter_count
+from kit.train import finetune
 
 
 def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _accelerator(recipe: dict):
+def _accelerator():
     """An Accelerator when launched as several processes (accelerate launch, torchrun)."""
     if _world() <= 1:
         return None
-    import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # only under a multi-process launch
     # On a CPU, accelerate only forms a process group (gloo) when told it is on the CPU.
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def _data(recipe: dict):
-    from kit.data import load_hub, load_local, make_task
     if recipe["data_file"]:
         return load_local(recipe["data_file"], recipe["prompt_column"], recipe["response_column"],
                           seed=recipe["seed"])
@@ -54,63 +61,35 @@ def _data(recipe: dict):
                      n_test=n_test, seed=recipe["seed"])
 
 
-def train_config(recipe: dict):
-    from kit.train import LoraSettings, TrainConfig
-    lora = LoraSettings(r=recipe["lora_r"], alpha=recipe["lora_alpha"], dropout=recipe["lora_dropout"],
-                        targets=recipe["lora_targets"], use_rslora=recipe["use_rslora"])
-    return TrainConfig(steps=recipe["steps"], batch_size=recipe["batch_size"],
-                       grad_accum=recipe["grad_accum"], lr=recipe["learning_rate"],
-                       warmup_steps=recipe["warmup_steps"], schedule=recipe["schedule"],
-                       weight_decay=recipe["weight_decay"], max_grad_norm=recipe["max_grad_norm"],
-                       gradient_checkpointing=recipe["gradient_checkpointing"],
-                       eval_every=recipe["eval_every"], seed=recipe["seed"],
-                       optimizer=recipe["optimizer"], max_length=recipe["max_length"],
-                       save_every=recipe["save_every"], keep_checkpoints=recipe["keep_checkpoints"],
-                       stop_after=recipe["stop_after"], progress=sys.stderr.isatty(), lora=lora)
-
-
 def _knobs(recipe: dict) -> dict:
     return {k: v for k, v in recipe.items() if k in recipes.KNOBS}
 
 
 def _check_same_recipe(folder: Path, recipe: dict) -> None:
-    """A resumed run must be the same recipe (but for knobs that may change)."""
-    import yaml
-    from kit.checkpoint import checkpoints
+    """A resumed run must be the same recipe (but for the knobs in kit.checkpoint.MAY_CHANGE),
+    checked before the model loads; finetune() checks its own settings the same way."""
     saved_file = folder / "recipe.yaml"
-    if not saved_file.exists() or not checkpoints(folder / "checkpoints"):
+    if not saved_file.exists() or not checkpoint.checkpoints(folder / "checkpoints"):
         return
-    saved = yaml.safe_load(saved_file.read_text()) or {}
-    now = _knobs(recipe)
-    differ = [k for k in now if k not in recipes.RESUMABLE_CHANGES
-              and recipes.coerce(k, saved.get(k, recipes.KNOBS[k].default)) != now[k]]
-    if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now[k]!r} now" for k in differ)
-        raise recipes.RecipeError(
-            f"{folder} holds checkpoints of another recipe ({detail}). Resume with the same knobs, "
-            "or start fresh: --output_dir <new folder>, or --resume false (deletes the checkpoints).")
+    raw = yaml.safe_load(saved_file.read_text()) or {}
+    saved = {k: recipes.coerce(k, raw.get(k, spec.default)) for k, spec in recipes.KNOBS.items()}
+    try:
+        checkpoint.check_settings(saved, _knobs(recipe), folder)
+    except ValueError as e:
+        raise recipes.RecipeError(f"{e} (--output_dir <new folder>, or --resume false)") from None
 
 
 def _weights_crc(model) -> int:
-    from kit.checkpoint import trainable_state
     crc = 0
-    for name, t in sorted(trainable_state(model).items()):
+    for name, t in sorted(checkpoint.trainable_state(model).items()):
         crc = zlib.crc32(t.float().numpy().tobytes(), zlib.crc32(name.encode(), crc))
     return crc
 
 
 def run(recipe: dict) -> dict:
     """Train as the (checked) recipe says; returns the summary."""
-    import torch
-    from kit.adapters import save_adapter, save_full
-    from kit.checkpoint import checkpoints
-    from kit.device import profile
-    from kit.evaluate import exact_match
-    from kit.models import load_model, parameter_count
-    from kit.train import finetune
-
     folder = recipes.output_dir(recipe)
-    accelerator = _accelerator(recipe)
+    accelerator = _accelerator()
     main = accelerator is None or accelerator.is_main_process
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -132,6 +111,10 @@ def run(recipe: dict) -> dict:
     prof = profile()
     say(f"recipe  : {recipe['_name']} ({recipe['_source']}) -> {folder}")
     say(f"machine : {prof.summary().splitlines()[0]}" + (f"; {world} processes" if world > 1 else ""))
+    est = recipes.estimate_for(recipe) if prof.device == "cuda" else None
+    if est is not None:
+        say(f"estimate: {est.total / 1e9:.1f} GB for one step (kit.memory: weights {est.weights / 1e9:.1f} GB, "
+            f"batch {recipe['per_device_train_batch_size']} x {recipe['max_length']} tokens, 16-bit GPU dtypes)")
     quant = None if recipe["quantization"] == "none" else recipe["quantization"]
     # FSDP shards float tensors of one dtype: pack the 4-bit codes into the compute dtype
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
@@ -141,24 +124,25 @@ def run(recipe: dict) -> dict:
     model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"],
                                   quant_storage=storage)
     data = _data(recipe)
-    config = train_config(recipe)
+    config = recipes.train_config(recipe, disable_tqdm=recipe["disable_tqdm"] or not sys.stderr.isatty())
     n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0
 
     base_file = folder / "base_eval.json"  # the base model's score, once per run (kept on resume)
-    if main and base_file.exists() and not checkpoints(folder / "checkpoints"):
+    if main and base_file.exists() and not checkpoint.checkpoints(folder / "checkpoints"):
         base_file.unlink()  # a fresh start: score this base, not the previous run's
     if n_eval and main and not base_file.exists():
         say(f"scoring the base model on {n_eval} test examples ...")
         base = exact_match(model, tokenizer, data["test"], n=n_eval)
         base_file.write_text(json.dumps({k: base[k] for k in ("accuracy", "correct", "total")}))
 
-    say(f"training: {recipe['method']}, {recipe['steps']} steps of {recipe['batch_size']} x "
-        f"{recipe['grad_accum']}" + (f" x {world} processes" if world > 1 else "") +
+    say(f"training: {recipe['method']}, {recipe['max_steps']} steps of {recipe['per_device_train_batch_size']}"
+        f" x {recipe['gradient_accumulation_steps']}" + (f" x {world} processes" if world > 1 else "") +
         f"; checkpoints in {folder / 'checkpoints'}", flush=True)
     t0 = time.perf_counter()
     try:
         result = finetune(model, tokenizer, data, recipe["method"], config,
-                          checkpoint_dir=folder / "checkpoints", accelerator=accelerator)
+                          checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
+                          trace_batches=world > 1)
     except KeyboardInterrupt:
         say(f"\ninterrupted: the finished steps are checkpointed in {folder / 'checkpoints'}; "
             "run the same command to resume.")
@@ -182,7 +166,7 @@ def run(recipe: dict) -> dict:
     steps_done = len(history.steps)
     summary = {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
                "quantization": recipe["quantization"], "processes": world,
-               "device": prof.as_dict(), "steps_done": steps_done, "steps": recipe["steps"],
+               "device": prof.as_dict(), "steps_done": steps_done, "steps": recipe["max_steps"],
                "finished": result.finished, "resumed_at": history.resumed_at,
                "first_loss": history.steps[0]["loss"] if history.steps else None,
                "last_loss": history.steps[-1]["loss"] if history.steps else None,
@@ -193,7 +177,7 @@ def run(recipe: dict) -> dict:
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "parameters": parameter_count(model)}
     if not result.finished:
-        say(f"stopped after step {steps_done} of {recipe['steps']} (stop_after); checkpoint "
+        say(f"stopped after step {steps_done} of {recipe['max_steps']} (stop_after); checkpoint "
             f"{result.checkpoint}. Run the same command to continue.")
         (folder / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
@@ -235,11 +219,15 @@ def summary_markdown(s: dict) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
 
 
-def main(config: str | None, extra: list[str]) -> int:
-    """Entry point of `python -m kit finetune`: 0 done (or stopped by stop_after), 2 bad recipe,
-    130 interrupted (Ctrl-C; checkpointed)."""
+def main(argv: list[str]) -> int:
+    """Entry point of `python -m kit finetune [--config C] [--knob value ...]`: 0 done (or
+    stopped by stop_after), 2 bad recipe, 130 interrupted (Ctrl-C; checkpointed)."""
+    if "-h" in argv or "--help" in argv:
+        recipes.argument_parser().print_help()
+        return 0
     try:
-        recipe = recipes.check(recipes.load(config, recipes.parse_overrides(extra)))
+        config, overrides = recipes.parse_args(argv)
+        recipe = recipes.check(recipes.load(config, overrides))
     except recipes.RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,17 +26,24 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 
-def check_method(name: str, method: str, steps: int, batch_size: int = 8, lora=None,
-                 gradient_checkpointing: bool = False, optimizer: str = "adamw",
+from kit import memory as M, recipe as recipes
+from kit.arch import METHOD_NAMES
+from kit.data import batches, make_task, pad_token_id, tokenize
+from kit.device import bnb_error, library_versions, profile
+from kit.models import ensure_random, load_model
+from kit.train import TrainConfig, finetune, prepare_model
+
+
+def check_method(name: str, method: str, steps: int, config: TrainConfig | None = None,
                  task: str = "dates") -> dict:
-    import torch
-    from kit import memory as M
-    from kit.data import batches, make_task, tokenize
-    from kit.device import profile
-    from kit.models import load_model
-    from kit.train import LoraSettings, finetune, prepare_model
-
+    """One method measured: the ledger of one step against the estimate, then `steps` steps
+    of the loop with the CUDA peak. `config` sets the batch, the adapters, checkpointing and
+    the optimizer (default: TrainConfig's, batch 8)."""
+    config = config or TrainConfig()
+    batch_size, optimizer = config.per_device_train_batch_size, config.optim
+    gradient_checkpointing = config.gradient_checkpointing
     prof = profile()
     cuda = prof.device == "cuda"
     quant = "nf4" if method == "qlora" else None
@@ -46,16 +53,16 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8, lora=N
     data = make_task(task, n_train=max(64, steps * batch_size), n_val=0, n_test=0, seed=0)
     train = tokenize(data["train"], tokenizer)
     t_max = max(len(ids) for ids in train["input_ids"])
-    lora = lora or LoraSettings(r=8, alpha=16, dropout=0.05)
-    model = prepare_model(model, method, lora, gradient_checkpointing=gradient_checkpointing)
+    model = prepare_model(model, method, config)
 
     # 1. one step under the ledger, a throw-away optimizer, against the estimate
-    batch = next(batches(train, batch_size, tokenizer.pad_token_id, seed=123))
+    batch = next(batches(train, batch_size, pad_token_id(tokenizer), seed=123))
     params = [p for p in model.parameters() if p.requires_grad]
     ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
     bits = 4 if method == "qlora" else (16 if prof.compute_dtype != torch.float32 else 32)
-    common = dict(r=lora.r, targets=lora.targets, gradient_checkpointing=gradient_checkpointing,
-                  compute_dtype=prof.compute_dtype, lora_dropout=lora.dropout, padded=True,
+    common = dict(r=config.lora_r, targets=config.lora_target_modules,
+                  gradient_checkpointing=gradient_checkpointing,
+                  compute_dtype=prof.compute_dtype, lora_dropout=config.lora_dropout, padded=True,
                   batch_size=batch_size,
                   precision="amp" if prof.compute_dtype != torch.float32 else "32")
     est_batch = M.estimate(model.config, method, bits=bits, seq_len=batch["input_ids"].shape[1], **common)
@@ -65,9 +72,8 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8, lora=N
     if cuda:
         torch.cuda.empty_cache()
     t0 = time.perf_counter()
-    result = finetune(model, tokenizer, data, method, steps=steps, batch_size=batch_size,
-                      eval_every=0, progress=False, seed=0, optimizer=optimizer,
-                      gradient_checkpointing=gradient_checkpointing)
+    result = finetune(model, tokenizer, data, method, config, max_steps=steps, eval_steps=0,
+                      disable_tqdm=True, seed=0)
     wall = time.perf_counter() - t0
     hist = result.history.steps
     later = hist[1:] or hist  # the first step pays for kernel selection and allocation
@@ -77,7 +83,7 @@ def check_method(name: str, method: str, steps: int, batch_size: int = 8, lora=N
         "grad_scaling": prof.grad_scaling,
         "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in result.model.parameters()
                                   if p.requires_grad}),
-        "r": lora.r, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
+        "r": config.lora_r, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "trainable": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         "load_s": load_s,
@@ -118,8 +124,6 @@ def table(rows: list[dict]) -> str:
 def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
          out: str | None = None, recipe: str | None = None, random_weights: bool = False,
          methods: list[str] | None = None) -> int:
-    from kit.device import bnb_error, library_versions, profile
-
     prof = profile()
     if prof.device != "cuda" and not allow_cpu:
         print("gpu-check: this machine has no CUDA GPU (python -m kit device), so there are no GPU "
@@ -129,35 +133,30 @@ def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
     if steps < 1:
         print(f"gpu-check: --steps must be >= 1; got {steps}.")
         return 2
-    allowed = ("full", "lora", "qlora")
+    allowed = METHOD_NAMES
     if methods is not None and (not methods or any(m not in allowed for m in methods)):
         print(f"gpu-check: --methods takes a comma-separated list from {', '.join(allowed)}; "
               f"got {','.join(methods)!r}. E.g. --methods full,lora,qlora.")
         return 2
-    settings, note = {}, ""
+    settings, note = {"config": TrainConfig(lora_dropout=0.05)}, ""
     if recipe and methods is not None:
         print("gpu-check: --recipe sets the method; leave out --methods (or leave out --recipe).")
         return 2
     if recipe:
-        from kit.finetune_cli import train_config
-        from kit.recipes import RecipeError, estimate_for, load
         try:
-            values = load(recipe)
-        except (RecipeError, FileNotFoundError, ValueError) as e:
+            values = recipes.load(recipe)
+        except (recipes.RecipeError, FileNotFoundError, ValueError) as e:
             print(f"gpu-check: --recipe {recipe}: {e}")
             return 2
         model, methods = values["model"], [values["method"]]
-        settings = dict(batch_size=values["batch_size"], task=values["task"],
-                        gradient_checkpointing=values["gradient_checkpointing"],
-                        optimizer=values["optimizer"] if prof.device == "cuda" else "adamw",
-                        lora=train_config(values).lora)
-        est = estimate_for(values)
+        optim = values["optim"] if prof.device == "cuda" else "adamw_torch"
+        settings = {"task": values["task"], "config": recipes.train_config(values, optim=optim)}
+        est = recipes.estimate_for(values)
         if est is not None:
             note = (f"Recipe {values['_name']}: kit.memory.estimate at its max_length "
                     f"{values['max_length']} tokens: {est.total / 1e9:.2f} GB; the table's estimate "
                     f"is at the longest example measured here.")
     if random_weights:
-        from kit.models import ensure_random
         arch = model
         t0 = time.perf_counter()
         try:

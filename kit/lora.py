@@ -27,13 +27,17 @@ from typing import Iterable, Sequence, Union
 import torch
 import torch.nn as nn
 
+from kit.arch import target_modules
+
 __all__ = [
     "LoRALinear",
+    "check_hparams",
     "inject",
     "trainable_parameters",
     "lora_parameter_count",
     "merge_all",
     "unmerge_all",
+    "energy_share",
 ]
 
 
@@ -41,11 +45,12 @@ __all__ = [
 # input checks
 # ---------------------------------------------------------------------------
 
-def _check_hparams(r, alpha, dropout) -> None:
-    """Raise a helpful error for a bad r, alpha or dropout."""
+def check_hparams(r, alpha, dropout) -> None:
+    """The one check of the LoRA hyper-parameters (kit.train uses it too): a helpful
+    error for a bad r, alpha or dropout, naming both this module's and peft's names."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(
-            f"r must be an integer >= 1, got {r!r}. Use r=8 for a typical adapter."
+            f"r must be an integer >= 1, got {r!r} (lora_r in kit.train.TrainConfig). Use r=8 for a typical adapter."
         )
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(
@@ -54,7 +59,7 @@ def _check_hparams(r, alpha, dropout) -> None:
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(
-            f"dropout must be a number in [0, 1), got {dropout!r}. "
+            f"dropout must be a number in [0, 1), got {dropout!r} (lora_dropout in kit.train.TrainConfig). "
             f"Use dropout=0.0 (off) or a small value such as 0.05."
         )
 
@@ -83,7 +88,7 @@ class LoRALinear(nn.Module):
                 f"base must be an nn.Linear, got {type(base).__name__}. "
                 f"LoRALinear wraps linear layers only; pick a Linear module as target."
             )
-        _check_hparams(r, alpha, dropout)
+        check_hparams(r, alpha, dropout)
 
         self.base_layer = base
         self.base_layer.requires_grad_(False)  # the pretrained weight stays frozen
@@ -166,63 +171,6 @@ class LoRALinear(nn.Module):
 # putting adapters into a model
 # ---------------------------------------------------------------------------
 
-def _linear_names(model: nn.Module) -> list[str]:
-    """Names of the nn.Linear modules that are not already inside a LoRALinear."""
-    wrapped = {name for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    return [
-        name
-        for name, m in model.named_modules()
-        # name "" is the model itself: a bare Linear cannot be swapped in place
-        if name and isinstance(m, nn.Linear) and name.rpartition(".")[0] not in wrapped
-    ]
-
-
-def _select_targets(model: nn.Module, targets: Union[str, Sequence[str]]) -> list[str]:
-    """Resolve `targets` to full module names, checking every name given."""
-    linear = _linear_names(model)
-    if targets == "all-linear":
-        # like peft: every Linear except the output head (it maps to the vocabulary)
-        names = [n for n in linear if n.rpartition(".")[2] != "lm_head"]
-        if not names:
-            raise ValueError(
-                "targets='all-linear' found no nn.Linear to adapt (lm_head is skipped). "
-                "To adapt a single layer, wrap it directly: LoRALinear(layer, r=8, alpha=16)."
-            )
-        return names
-
-    if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
-        raise ValueError(
-            f"targets must be 'all-linear' or a non-empty list of module-name suffixes, "
-            f"got {targets!r}. Example: targets=['q_proj', 'v_proj']."
-        )
-    available = sorted({n.rpartition(".")[2] for n in linear})
-    modules = dict(model.named_modules())
-    chosen = []
-    for t in targets:
-        matches = [n for n in modules if n and (n == t or n.endswith("." + t))]
-        if not matches:
-            raise ValueError(
-                f"target {t!r} matches no module in the model. "
-                f"Linear modules available: {available}."
-            )
-        for n in matches:
-            m = modules[n]
-            if isinstance(m, LoRALinear):
-                raise ValueError(
-                    f"target {t!r}: module {n!r} already is a LoRALinear; inject() was "
-                    f"applied before. Use a fresh model or different targets."
-                )
-            if not isinstance(m, nn.Linear):
-                raise ValueError(
-                    f"target {t!r} matches module {n!r} of type {type(m).__name__}, "
-                    f"which is not nn.Linear; LoRA wraps Linear layers only. "
-                    f"Linear modules available: {available}."
-                )
-            if n not in chosen:
-                chosen.append(n)
-    return [n for n in linear if n in chosen]  # keep model order
-
-
 def inject(
     model: nn.Module,
     r: int,
@@ -237,8 +185,16 @@ def inject(
     suffixes such as ["q_proj", "v_proj"]. Every other parameter of the model
     is frozen, so only lora_A / lora_B train. Returns the replaced names.
     """
-    _check_hparams(r, alpha, dropout)
-    names = _select_targets(model, targets)  # validate everything before changing the model
+    check_hparams(r, alpha, dropout)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)
+               and n.rpartition(".")[2] in (targets if isinstance(targets, (list, tuple)) else ())]
+    if wrapped:
+        raise ValueError(f"module {wrapped[0]!r} already is a LoRALinear; inject() was applied before. "
+                         "Use a fresh model or different targets.")
+    names = target_modules(model, targets)  # validate everything before changing the model
+    if not names:
+        raise ValueError("targets='all-linear' found no nn.Linear to adapt (lm_head is skipped). "
+                         "To adapt a single layer, wrap it directly: LoRALinear(layer, r=8, alpha=16).")
     model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -272,7 +228,7 @@ def lora_parameter_count(
             "r is required when counting from shapes, got r=None. "
             "Example: lora_parameter_count([(4096, 4096)], r=8)."
         )
-    _check_hparams(r, 1.0, 0.0)
+    check_hparams(r, 1.0, 0.0)
     return sum(r * (fan_in + fan_out) for fan_in, fan_out in model_or_shapes)
 
 
@@ -290,3 +246,15 @@ def unmerge_all(model: nn.Module) -> int:
     for m in layers:
         m.unmerge()
     return len(layers)
+
+
+# ---------------------------------------------------------------------------
+# why low rank works
+# ---------------------------------------------------------------------------
+
+def energy_share(singular_values, r: int) -> float:
+    """Share of a matrix's squared Frobenius norm in its top r singular directions:
+    sum(s[:r]**2) / sum(s**2) -- what the best rank-r approximation keeps."""
+    s2 = [float(s) ** 2 for s in singular_values]
+    total = sum(s2)
+    return sum(s2[:r]) / total if total else 0.0

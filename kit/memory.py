@@ -40,113 +40,17 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 
 import torch
 
+from kit.arch import (LINEAR_NAMES, METHOD_NAMES, METHODS, OPTIMIZERS, Arch, by_size,
+                      check_method, check_target_names, gpu_bytes, linear_shapes, param_count,
+                      param_groups, resolve_arch)
+from kit.device import profile
+from kit.models import parameter_count
+
 MB, GB = 1e6, 1e9
-METHODS = ("full", "lora", "qlora")
-PRECISIONS = ("amp", "16", "32")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
-BITS = {"full": (None, 16, 32), "lora": (None, 16, 32), "qlora": (None, 4, 8)}
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-# ---------------------------------------------------------------------------- architectures
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    hidden_size: int            # H: width of the residual stream
-    intermediate_size: int      # I: width of the MLP (of one expert, for mixtures of experts)
-    num_hidden_layers: int      # L: decoder layers
-    num_attention_heads: int    # nh: query heads
-    num_key_value_heads: int    # nkv: key/value heads (< nh: grouped-query attention)
-    vocab_size: int             # V
-    tie_word_embeddings: bool   # the output head reuses the embedding matrix
-    head_dim: int | None = None  # hd: default H // nh
-    num_experts: int = 1        # E: MLP experts per layer (Mixtral: 8)
-    experts_per_token: int = 1  # k: experts each token runs through (Mixtral: 2)
-    attention_bias: bool = False  # Llama-style biases on q, k, v and o
-    note: str = ""              # where the numbers come from
-
-    @property
-    def hd(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_attention_heads
-
-
-ARCHS: dict[str, Arch] = {a.name: a for a in [
-    Arch("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, note="the bundled model"),
-    Arch("smollm2-360m", 960, 2560, 32, 15, 5, 49152, True),
-    Arch("smollm2-1.7b", 2048, 8192, 24, 32, 32, 49152, True),
-    Arch("llama-3.2-1b", 2048, 8192, 16, 32, 8, 128256, True),
-    Arch("llama-3.2-3b", 3072, 8192, 28, 24, 8, 128256, True),
-    Arch("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False),
-    Arch("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False,
-         note="kit.models' 7B preset; its q/k/v biases (0.01% of the parameters) are left out"),
-    Arch("llama-3-8b", 4096, 14336, 32, 32, 8, 128256, False),
-    Arch("llama-2-13b", 5120, 13824, 40, 40, 40, 32000, False),
-    Arch("llama-30b", 6656, 17920, 60, 52, 52, 32000, False, note="LLaMA-1 33B, the seed's '30B'"),
-    Arch("llama-2-70b", 8192, 28672, 80, 64, 8, 32000, False, note="grouped-query attention"),
-    Arch("qwen1.5-110b", 8192, 49152, 80, 64, 8, 152064, False,
-         note="the seed's '110B'; its q/k/v biases (0.002% of the parameters) are left out"),
-    Arch("mixtral-8x7b", 4096, 14336, 32, 32, 8, 32000, False, num_experts=8,
-         experts_per_token=2, note="46.7B stored, 2 of 8 experts active per token"),
-    Arch("mixtral-8x22b", 6144, 16384, 56, 48, 8, 32000, False, num_experts=8,
-         experts_per_token=2, note="v0.1; 141B stored, 2 of 8 experts active per token"),
-]}
-
-
-def arch_from_config(config, name: str = "custom") -> Arch:
-    """An `Arch` from a transformers config (LlamaConfig, MixtralConfig, ...) or a dict."""
-    c = SimpleNamespace(**config) if isinstance(config, dict) else config
-    need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "vocab_size")
-    missing = [k for k in need if getattr(c, k, None) is None]
-    if missing:
-        raise ValueError(f"arch: the config lacks {missing}. Pass a Llama-style config with "
-                         f"{list(need)} (+ num_key_value_heads, tie_word_embeddings) or one of {sorted(ARCHS)}.")
-    experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 1
-    return Arch(name, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-                c.vocab_size, bool(getattr(c, "tie_word_embeddings", False)),
-                getattr(c, "head_dim", None), experts,
-                (getattr(c, "num_experts_per_tok", None) or 1) if experts > 1 else 1,
-                bool(getattr(c, "attention_bias", False)))
-
-
-def resolve_arch(arch) -> Arch:
-    if isinstance(arch, Arch):
-        return arch
-    if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {sorted(ARCHS)} or a transformers config; got {arch!r}.")
-        return ARCHS[arch]
-    return arch_from_config(arch)
-
-
-def linear_shapes(a: Arch) -> dict[str, tuple[int, int, int]]:
-    """The Linear layers of one decoder layer: name -> (in_features, out_features, copies)."""
-    H, I, E = a.hidden_size, a.intermediate_size, a.num_experts
-    q, kv = a.num_attention_heads * a.hd, a.num_key_value_heads * a.hd
-    return {"q_proj": (H, q, 1), "k_proj": (H, kv, 1), "v_proj": (H, kv, 1), "o_proj": (q, H, 1),
-            "gate_proj": (H, I, E), "up_proj": (H, I, E), "down_proj": (I, H, E)}
-
-
-def param_count(arch) -> int:
-    """Parameters from the architecture: embeddings + L x (attention + MLP + 2 norms) + final
-    norm (+ untied head)."""
-    return sum(_param_groups(resolve_arch(arch)).values())
-
-
-def _param_groups(a: Arch) -> dict[str, int]:
-    H, L, V = a.hidden_size, a.num_hidden_layers, a.vocab_size
-    q, kv = a.num_attention_heads * a.hd, a.num_key_value_heads * a.hd
-    linears = sum(i * o * c for i, o, c in linear_shapes(a).values())
-    other = 2 * H                                             # two RMSNorm weights
-    other += H * a.num_experts if a.num_experts > 1 else 0    # MoE router
-    other += (q + 2 * kv + H) if a.attention_bias else 0
-    return {"linear": L * linears,                            # what LoRA targets and bnb quantizes
-            "other": L * other + H + V * H * (1 if a.tie_word_embeddings else 2)}
+PRECISIONS = ("amp", "16", "32")   # full fine-tuning: fp32 master weights + 16-bit compute, all 16, all 32
 
 
 # ---------------------------------------------------------------------------- records
@@ -285,7 +189,6 @@ def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     if autocast == "auto":
-        from kit.device import profile
         autocast = profile().compute_dtype if cuda else None
     amp = (torch.autocast(device.type, dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
@@ -310,14 +213,9 @@ def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     model.train(was_training)
-    try:
-        from kit.models import parameter_count
-        total_params = parameter_count(model)
-    except ImportError:
-        total_params = sum(p.numel() for p in params)
     return Ledger(**weight_bytes(model),
                   trainable_params=sum(p.numel() * p.element_size() for p in trainable),
-                  trainable_count=sum(p.numel() for p in trainable), total_params=total_params,
+                  trainable_count=sum(p.numel() for p in trainable), total_params=parameter_count(model),
                   gradients=gradients, optimizer=optimizer_bytes, activations=activations,
                   logits=logits_bytes, cuda_peak=peak)
 
@@ -330,13 +228,7 @@ def _lora_params(a: Arch, tg: tuple, r: int) -> int:
 
 
 def _targets(targets) -> tuple[str, ...]:
-    if targets == "all-linear":
-        return LINEARS
-    names = (targets,) if isinstance(targets, str) else tuple(targets)
-    bad = [t for t in names if t not in LINEARS]
-    if bad or not names:
-        raise ValueError(f"targets must be 'all-linear' or a list from {list(LINEARS)}; got {targets!r}.")
-    return names
+    return check_target_names(targets, LINEAR_NAMES)
 
 
 def _layer_rows(a: Arch, B: int, T: int, A: int, full: bool, amp: bool, tg: tuple, r: int,
@@ -426,7 +318,7 @@ def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: in
     amp = full and precision == "amp"
     q32 = method == "qlora" and act_bytes < 4
     res = 4 if amp or q32 else act_bytes
-    tg = LINEARS if full else _targets(targets)
+    tg = LINEAR_NAMES if full else _targets(targets)
     args = (a, B, T, act_bytes, full, amp, tg, r, lora_dropout > 0, padded)
     layer = _layer_rows(*args, x_grad=True, q32=q32)
     one_layer = sum(b for _, b in layer)
@@ -449,7 +341,7 @@ def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: in
     if amp and act_bytes < 4:
         # autocast's cached 16-bit copies of the fp32 master weights, kept for the backward pass
         # (the head always; the layers' only without checkpointing, which recasts them)
-        layers = 0 if gradient_checkpointing else _param_groups(a)["linear"]
+        layers = 0 if gradient_checkpointing else param_groups(a)["linear"]
         rows.append(("autocast: 16-bit copies of the weights", (layers + a.vocab_size * H) * act_bytes))
     rows.append(("final norm: fp32 input + 1/rms", N * (4 * H + 4)))
     if full:
@@ -468,7 +360,7 @@ def _check(name, value, allowed, fix=""):
 
 def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
              targets="all-linear", batch_size: int = 1, seq_len: int = 512,
-             gradient_checkpointing: bool = True, optimizer: str = "adamw",
+             gradient_checkpointing: bool = True, optimizer: str = "adamw_torch",
              precision: str = "amp", act_bytes: int = 2, compute_dtype: torch.dtype | None = None,
              lora_dropout: float = 0.0, padded: bool = False) -> Estimate:
     """Predict the memory of one training step of a Llama-style model.
@@ -480,15 +372,17 @@ def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
     precision:  full only: "amp" (fp32 master weights, 16-bit compute), "16", "32"
     act_bytes:  bytes of an activation: 2 for a GPU's bf16/fp16 (default), 4 on a CPU (fp32);
                 `compute_dtype` (a torch dtype) sets it instead.
-    optimizer:  "adamw" (m and v in the parameters' dtype), "adamw_8bit"/"paged_adamw_8bit"
-                (bitsandbytes blockwise 8-bit), "sgd" (no state)
+    optimizer:  a name from kit.arch.OPTIMIZERS: "adamw_torch" (m and v in the parameters'
+                dtype), "adamw_8bit"/"paged_adamw_8bit" (bitsandbytes blockwise 8-bit), "sgd" (no state)
     padded:     True if batches carry a padding mask (k/v heads are then repeated for SDPA)
     """
     a = resolve_arch(arch)
-    _check("method", method, METHODS, "QLoRA is method='qlora' (bits=4 or 8).")
+    check_method(method)
     _check("precision", precision, PRECISIONS)
     _check("optimizer", optimizer, OPTIMIZERS)
-    _check("bits", bits, BITS[method], f"For method={method!r}; a quantized base is method='qlora'.")
+    if method != "full":
+        _check("bits", bits, (None, *METHODS[method].bits),
+               f"For method={method!r}; a quantized base is method='qlora'.")
     if not 0 <= lora_dropout < 1:
         raise ValueError(f"lora_dropout must be in [0, 1); got {lora_dropout!r}.")
     if compute_dtype is not None:
@@ -498,7 +392,7 @@ def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {v!r}.")
     bits = bits or {"full": None, "lora": 16, "qlora": 4}[method]
-    groups, L, shapes = _param_groups(a), a.num_hidden_layers, linear_shapes(a)
+    groups, L, shapes = param_groups(a), a.num_hidden_layers, linear_shapes(a)
     P = groups["linear"] + groups["other"]
     tensors_per_layer = sum(c for _, _, c in shapes.values()) + 2 + (a.num_experts > 1) + 4 * a.attention_bias
 
@@ -518,9 +412,9 @@ def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
             weights = groups["linear"] * bits // 8 + groups["other"] * 4 + trainable * 4
             quant_constants = L * sum(_constants(i, o, bits) * c for i, o, c in shapes.values())
     gradients = trainable * pb
-    state_bytes = {"adamw": 2 * pb, "adamw_8bit": 2 * (1 + 4 / 256),
-                   "paged_adamw_8bit": 2 * (1 + 4 / 256), "sgd": 0}[optimizer]
-    opt = int(trainable * state_bytes) + (4 * n_tensors if optimizer == "adamw" else 0)  # + step counters
+    state_bytes = OPTIMIZERS[optimizer].state_bytes
+    state_bytes = 2 * pb if state_bytes is None else state_bytes   # None: 2 moments in the params' dtype
+    opt = int(trainable * state_bytes) + (4 * n_tensors if optimizer == "adamw_torch" else 0)  # + step counters
 
     rows, one_layer = activation_rows(a, method, batch_size, seq_len, act_bytes,
                                       gradient_checkpointing, targets, r, lora_dropout,
@@ -559,73 +453,75 @@ def compare(ledger: Ledger, est: Estimate) -> list[dict]:
     return out
 
 
-# The "Hardware requirement (estimated)" table of the LLaMA-Factory README, in GB: the seed.
-SEED_METHODS = {"full-amp": dict(method="full", precision="amp"),
-                "full-16": dict(method="full", precision="16"),
-                "lora": dict(method="lora", bits=16), "qlora-8": dict(method="qlora", bits=8),
-                "qlora-4": dict(method="qlora", bits=4), "qlora-2": None}
-SEED_TABLE = {
-    "7B": (120, 60, 16, 10, 6, 4), "13B": (240, 120, 32, 20, 12, 8),
-    "30B": (600, 300, 64, 40, 24, 16), "70B": (1200, 600, 160, 80, 48, 24),
-    "110B": (2000, 900, 240, 140, 72, 48), "8x7B": (900, 400, 120, 60, 30, 18),
-    "8x22B": (2400, 1200, 320, 160, 96, 48)}
-SEED_TABLE = {size: dict(zip(SEED_METHODS, gbs)) for size, gbs in SEED_TABLE.items()}
-SEED_ARCHS = {"7B": "llama-2-7b", "13B": "llama-2-13b", "30B": "llama-30b", "70B": "llama-2-70b",
-              "110B": "qwen1.5-110b", "8x7B": "mixtral-8x7b", "8x22B": "mixtral-8x22b"}
-
-
-def _seed_note(size: str, key: str) -> str:
-    notes = []
-    if key == "full-amp":
-        notes.append("16 B/param: fp32 weights 4 + grads 4 + Adam m,v 8 (16-bit copy transient)")
-    if key == "full-16":
-        notes.append("8 B/param: 16-bit weights 2 + grads 2 + Adam m,v 4")
-    if key == "qlora-2":
-        notes.append("no estimate: bitsandbytes has no 2-bit type (it offers 4-bit NF4/FP4 and 8-bit only)")
-    if key == "qlora-4" and size == "7B":
-        notes.append("6 GB is a floor: measured 7B QLoRA runs need 7-10 GB")
-    if key.startswith("qlora"):
-        notes.append("the seed says QLoRA quantizes A and B: wrong, the base is quantized, "
-                     "the adapters stay 16/32-bit")
-    if "x" in size:
-        notes.append("all experts' weights stored, activations for the 2 active experts only")
-    return "; ".join(notes)
-
-
-def seed_comparison(tolerance: float = 0.15, **kwargs) -> list[dict]:
-    """Our estimate for each cell of the seed's table (batch 1, seq 512, gradient checkpointing,
-    16-bit activations unless overridden). holds: within `tolerance` of the seed's figure."""
-    out = []
-    for size, row in SEED_TABLE.items():
-        for key, seed_gb in row.items():
-            how = SEED_METHODS[key]
-            est = None if how is None else estimate(SEED_ARCHS[size], **how, **kwargs).total / GB
-            holds = est is not None and abs(est - seed_gb) <= tolerance * seed_gb
-            out.append({"size": size, "method": key, "seed_gb": seed_gb,
-                        "estimate_gb": None if est is None else round(est, 1),
-                        "holds": holds, "note": _seed_note(size, key)})
-    return out
-
-
-# ---------------------------------------------------------------------------- GPUs
-# Approximate memory a training process can use, in bytes: the nominal size less what the
-# driver and CUDA context take (a T4's 16 GB shows as about 15 GB in Colab). The caching
-# allocator's fragmentation can cost a further few percent: treat a close fit as a no.
-GPUS = {"T4": 15e9, "L4": 24e9, "A100-40GB": 40e9, "A100-80GB": 80e9, "H100": 80e9}
+# ---------------------------------------------------------------------------- does it fit?
+def estimate_settings(method: str, bits: int | None = None) -> dict:
+    """The `estimate` settings of `method` at base width `bits` (kit.arch.METHODS[method].bits;
+    None = the usual one): full 32 = fp32 master weights with 16-bit compute (AMP), full 16 =
+    pure 16-bit; LoRA 16 or 32 = the frozen base's dtype; QLoRA 4 or 8 = the quantized base."""
+    check_method(method)
+    allowed = METHODS[method].bits
+    bits = allowed[0] if bits is None else bits
+    if bits not in allowed:
+        raise ValueError(f"bits={bits} does not go with method={method!r}: use one of {allowed} "
+                         "(full: 32 = AMP, 16 = pure 16-bit; lora: the base's dtype; qlora: the 4- or "
+                         "8-bit base).")
+    if method == "full":
+        return {"method": "full", "precision": "amp" if bits == 32 else "16"}
+    return {"method": method, "bits": bits}
 
 
 def fits(est: Estimate, gpu) -> bool:
-    """Does the estimate fit on `gpu` (a name in GPUS or a number of bytes)?"""
-    if isinstance(gpu, str):
-        _check("gpu", gpu, GPUS, "Or pass the usable memory in bytes.")
-        gpu = GPUS[gpu]
-    return est.total <= gpu
+    """Does the estimate fit on `gpu` (a name in kit.arch.GPUS or a number of bytes)?"""
+    return est.total <= gpu_bytes(gpu)
 
 
 def largest_model_that_fits(method: str, gpu, **kwargs) -> str | None:
     """The preset with the most parameters whose estimate fits on `gpu` (None if none does)."""
     best = None
-    for name in sorted(ARCHS, key=lambda n: param_count(ARCHS[n])):
+    for name in by_size():
         if fits(estimate(name, method, **kwargs), gpu):
             best = name
     return best
+
+
+def gpu_fit(model="llama-2-7b", method: str = "qlora", bits: int | None = None, rank: int = 8,
+            batch_size: int = 1, seq_len: int = 512, gradient_checkpointing: bool = True,
+            gpu: str = "T4") -> dict:
+    """Does one fine-tuning step fit on a GPU? (what notebook 06's calculator shows)
+
+    The estimate for the settings, the GPU's usable memory (kit.arch.GPUS) and, for each method
+    at its usual width (full AMP, LoRA 16-bit, QLoRA 4-bit), the largest preset of
+    kit.arch.ARCHS that fits with the same rank, batch and length. model: a preset name, an
+    Arch or a transformers config.
+    -> {"settings", "estimate" (bytes, Estimate.as_dict()), "params", "trainable", "total_gb",
+        "gpu_gb", "fits", "headroom_gb", "largest" {method: {"name", "params"}}}"""
+    usable = gpu_bytes(gpu)
+    common = dict(r=rank, batch_size=batch_size, seq_len=seq_len,
+                  gradient_checkpointing=gradient_checkpointing)
+    est = estimate(model, **common, **estimate_settings(method, bits))
+    largest = {}
+    for m in METHOD_NAMES:
+        name = largest_model_that_fits(m, gpu, **common, **{k: v for k, v in estimate_settings(m).items()
+                                                            if k != "method"})
+        largest[m] = {"name": name, "params": param_count(name) if name else None}
+    name = model if isinstance(model, str) else getattr(model, "name", "custom")
+    bits = METHODS[method].bits[0] if bits is None else bits
+    return {"settings": dict(model=name, method=method, bits=bits, rank=rank, batch_size=batch_size,
+                             seq_len=seq_len, gradient_checkpointing=gradient_checkpointing, gpu=gpu),
+            "estimate": est.as_dict(), "params": est.params, "trainable": est.trainable,
+            "total_gb": est.total / GB, "gpu_gb": usable / GB, "fits": est.total <= usable,
+            "headroom_gb": (usable - est.total) / GB, "largest": largest}
+
+
+def gpu_fit_text(calc: dict) -> str:
+    """`gpu_fit`'s answer in words, component by component (MB)."""
+    s, e = calc["settings"], calc["estimate"]
+    parts = ", ".join(f"{k.replace('_', ' ')} {e[k] / MB:,.0f} MB" for k in
+                      ("weights", "quant_constants", "gradients", "optimizer", "activations", "logits", "workspace")
+                      if e.get(k))
+    verdict = "fits" if calc["fits"] else "does NOT fit"
+    largest = "; ".join(f"{m}: {v['name'] or 'nothing'}" for m, v in calc["largest"].items())
+    return (f"{s['model']} ({calc['params'] / 1e9:.2f}B), {s['method']} {s['bits']}-bit, r={s['rank']} "
+            f"({calc['trainable']:,} trainable): {calc['total_gb']:.2f} GB -> {verdict} on {s['gpu']} "
+            f"({calc['gpu_gb']:.0f} GB usable, headroom {calc['headroom_gb']:+.2f} GB)\n  {parts}\n"
+            f"  largest preset that fits on {s['gpu']}: {largest}")

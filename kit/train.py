@@ -1,10 +1,11 @@
 """Fine-tune a causal language model: full fine-tuning, LoRA or QLoRA, one loop.
 
-    result = finetune(model, tokenizer, data, method="lora", steps=60)
+    result = finetune(model, tokenizer, data, method="lora", max_steps=60)
     result.model            # the trained model (a peft model for "lora" / "qlora")
     result.history.steps    # one record per optimizer step: loss, lr, tokens/s, memory
 
-The three methods differ only in `prepare_model`, i.e. in WHICH parameters train:
+The three methods differ only in `prepare_model`, i.e. in WHICH parameters train
+(kit.arch.METHODS):
 
 | method  | base weights              | what trains                       |
 |---------|---------------------------|-----------------------------------|
@@ -14,12 +15,16 @@ The three methods differ only in `prepare_model`, i.e. in WHICH parameters train
 
 QLoRA is LoRA over a quantized base: load the model with
 `load_model(name, quantization="nf4")` and the rest is the same code path
-(torchtune's "one switch"). After `prepare_model` the loop below does not know
-which method it runs.
+(torchtune's "one switch"). After `prepare_model` the loop does not know which
+method it runs.
 
 Precision follows `kit.device.profile()`: fp32 on a CPU; on CUDA autocast to bf16
 (compute capability >= 8.0) or fp16 with a gradient scaler (a T4, 7.5). The
 parameters the optimizer updates stay fp32 everywhere.
+
+The settings (`TrainConfig`) carry the names of transformers' `TrainingArguments`
+(`learning_rate`, `max_steps`, ...) and of TRL's LoRA options (`lora_r`, `lora_alpha`,
+...), so what you set here you can set there.
 """
 from __future__ import annotations
 
@@ -33,54 +38,85 @@ import zlib
 from dataclasses import dataclass, field
 
 import torch
+from datasets import Dataset, DatasetDict
 from torch import nn
+from tqdm.auto import tqdm
 
+from kit import checkpoint
+from kit.arch import DEFAULT_LR, OPTIMIZERS, check_method, target_modules
+from kit.data import batches, pad_token_id, tokenize
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
+from kit.evaluate import validation_loss
+from kit.lora import check_hparams
+from kit.memory import estimate
 
-METHODS = ("full", "lora", "qlora")
-SCHEDULES = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw", "paged_adamw_8bit")
-
-# Default peak learning rates, measured on this kit's tasks (SmolLM2-135M, batch 8):
-#   full : 5e-5 learned the dates task (0% -> 100%); 1e-4 suited 3-digit addition.
-#          Every weight moves, so the step must be small.
-#   lora : 2e-3 for r=8, alpha=16 learned dates in 60 steps (4% -> 92%). Adapters
-#          start at B = 0 and are few, so they take a ~40x larger step. Higher ranks
-#          at the same alpha/r ratio can be too aggressive (r=16 at 2e-3 forgot much).
-#   qlora: the same adapters as LoRA, so the same rate.
-DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "qlora": 2e-3}
+SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 
 
-# ---------------------------------------------------------------------------- configs
-@dataclass
-class LoraSettings:
-    r: int = 8                  # rank of delta_W = B @ A; higher = more capacity and memory
-    alpha: float = 16           # lora_alpha; scaling = alpha / r (2 is a common ratio)
-    dropout: float = 0.05       # dropout on the adapter's input; 0 turns it off
-    targets: str | list[str] = "all-linear"  # or e.g. ["q_proj", "v_proj"] (the LoRA paper's)
-    use_rslora: bool = False    # scaling = alpha / sqrt(r): steadier when r grows
+def knob(default, help: str, choices: tuple = (), low: float | None = None):
+    """A setting with its meaning: `help` is what `python -m kit finetune --help` and the
+    comments of a recipe file say; `choices` and `low` are checked wherever it is set."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low})
 
 
+# ---------------------------------------------------------------------------- settings
 @dataclass
 class TrainConfig:
-    steps: int = 60             # optimizer steps
-    batch_size: int = 8         # examples per micro-batch; memory grows with it
-    grad_accum: int = 1         # micro-batches per step: 8 batch * 4 accum = 32 examples/step
-    lr: float | None = None     # peak learning rate; None = DEFAULT_LR[method]
-    warmup_steps: int | None = None  # linear warm-up; None = 10% of steps
-    schedule: str = "cosine"    # after warm-up: "cosine" | "linear" decay to 0, or "constant"
-    weight_decay: float = 0.0   # AdamW decoupled weight decay
-    max_grad_norm: float = 1.0  # clip the gradient norm; None or 0 = no clipping
-    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
-    eval_every: int = 20        # validation loss every N steps (and at 0 and the end); 0 = never
-    seed: int = 0               # same seed + same fresh model = same losses (on a CPU)
-    optimizer: str = "adamw"    # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA only)
-    max_length: int = 256       # tokens per example; longer ones are truncated
-    progress: bool = True       # show a tqdm progress bar
-    save_every: int = 0         # with a checkpoint_dir: checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2   # newest checkpoints kept on disk
-    stop_after: int = 0         # end this run after N more steps, checkpointed (0 = run to `steps`)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    # ---- the loop
+    max_steps: int = knob(60, "optimizer steps. Examples seen = max_steps x per_device_train_batch_size "
+                          "x gradient_accumulation_steps x processes; one to three passes over the data "
+                          "is typical.", low=1)
+    per_device_train_batch_size: int = knob(8, "examples per forward pass per process. Memory grows "
+                                            "with it; halve it (and double gradient_accumulation_steps) "
+                                            "when out of memory.", low=1)
+    gradient_accumulation_steps: int = knob(1, "forward passes summed into one optimizer step: the "
+                                            "effective batch is per_device_train_batch_size x this, at "
+                                            "the memory of one.", low=1)
+    learning_rate: float | None = knob(None, "peak learning rate; null = the kit's measured default per "
+                                       "method (kit.arch.DEFAULT_LR: full 5e-5, lora and qlora 2e-3). "
+                                       "Adapters take much larger steps than full fine-tuning.", low=0)
+    warmup_steps: int | None = knob(None, "steps of linear warm-up from 0 to the peak; null = 10% of "
+                                    "max_steps. Warm-up keeps the first updates, made with a poor "
+                                    "gradient estimate, small.", low=0)
+    lr_scheduler_type: str = knob("cosine", "after warm-up: cosine or linear decay to 0, or "
+                                  "constant_with_warmup. Cosine is the common default.", SCHEDULES)
+    weight_decay: float = knob(0.0, "AdamW's decoupled weight decay. 0 for short LoRA runs; 0.01-0.1 "
+                               "for long full fine-tuning.", low=0)
+    max_grad_norm: float = knob(1.0, "clip the gradient norm to this (0 = no clipping). 1.0 guards "
+                                "against the odd huge step.", low=0)
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass: activation "
+                                        "memory falls to a fraction, each step takes longer. Turn it on "
+                                        "when activations, not weights, are what does not fit (long "
+                                        "sequences, big batches).")
+    optim: str = knob("adamw_torch", "adamw_torch (two fp32 moments, 8 bytes per trained parameter), "
+                      "sgd (no state), adamw_8bit or paged_adamw_8bit (bitsandbytes, CUDA only: about 2 "
+                      "bytes; paged: spills to CPU memory on spikes).", tuple(OPTIMIZERS))
+    eval_steps: int = knob(20, "validation loss every N steps (and at the start and end); 0 = never. "
+                           "Each costs a pass over the validation examples.", low=0)
+    seed: int = knob(0, "seeds the data order, the adapters' initialisation and dropout: same seed, same "
+                     "run (exactly so on a CPU).")
+    max_length: int = knob(256, "tokens per example, prompt and answer; longer ones are truncated. Set it "
+                           "just above your longest example: memory grows with it.", low=8)
+    disable_tqdm: bool = knob(False, "hide the progress bar.")
+    # ---- LoRA adapters (method lora or qlora)
+    lora_r: int = knob(8, "adapter rank r: trainable parameters grow linearly with it. 8-16 suits most "
+                       "tasks; raise it when the loss plateaus above full fine-tuning's.", low=1)
+    lora_alpha: float = knob(16, "the update is scaled by lora_alpha / lora_r; lora_alpha = 2 x lora_r "
+                             "is a common choice.", low=0)
+    lora_dropout: float = knob(0.05, "dropout on the adapter's input: a little regularisation for small "
+                               "data; 0 (peft's default) turns it off.", low=0)
+    lora_target_modules: str | list = knob("all-linear", "which layers get adapters: all-linear, or a "
+                                           "list such as [q_proj, v_proj] (the original LoRA paper's). "
+                                           "All linear layers usually learn more per parameter.")
+    use_rslora: bool = knob(False, "scale by lora_alpha / sqrt(lora_r) instead of lora_alpha / lora_r: "
+                            "steadier when you try large ranks.")
+    # ---- checkpoints (with a checkpoint_dir)
+    save_steps: int = knob(20, "checkpoint every N steps (and at the end and on Ctrl-C); 0 = only then. "
+                           "On Colab, where sessions end, keep it small.", low=0)
+    save_total_limit: int = knob(2, "newest checkpoints kept on disk; a full fine-tuning checkpoint of a "
+                                 "7B model is about 80 GB.", low=1)
+    stop_after: int = knob(0, "end this run after N more steps, checkpointed, and resume later with the "
+                           "same command (for sessions with a time limit); 0 = run to max_steps.", low=0)
 
 
 @dataclass
@@ -104,86 +140,86 @@ class History:
 class FinetuneResult:
     model: nn.Module
     history: History
-    finished: bool = True       # False when stop_after ended the run before `steps`
+    finished: bool = True       # False when stop_after ended the run before max_steps
     checkpoint: str | None = None  # the last checkpoint written, if any
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_config(method: str, config: TrainConfig) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}. Use 'lora' for "
-                         "adapters, 'qlora' for adapters on a 4-bit base, 'full' for all weights.")
-    for name in ("steps", "batch_size", "grad_accum"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {value!r}. E.g. {name}=8.")
-    if config.lr is not None and not config.lr > 0:
-        raise ValueError(f"lr must be > 0 or None (per-method default {DEFAULT_LR}); got {config.lr!r}.")
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}; got {config.schedule!r}.")
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {config.optimizer!r}.")
-    if config.optimizer == "paged_adamw_8bit" and read_profile().device != "cuda":
-        raise ValueError("optimizer='paged_adamw_8bit' needs a CUDA GPU (it pages optimizer state "
-                         "through CUDA unified memory); this machine has none. Use optimizer='adamw'.")
-    if config.warmup_steps is not None and config.warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0 or None (10% of steps); got {config.warmup_steps!r}.")
-    if config.eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0 (0 = never); got {config.eval_every!r}.")
-    for name, low in (("save_every", 0), ("keep_checkpoints", 1), ("stop_after", 0)):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    _check_lora(config.lora)
+def check_value(name: str, value, spec) -> None:
+    """Check one setting against its field's type, choices and lower bound; the error names
+    the setting, what it got and what it takes."""
+    meta, kind = spec.metadata, spec.type
+    if "int" in kind and "float" not in kind and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number; got {value!r}. Default: {spec.default!r}.")
+    if "float" in kind and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{name} must be a number; got {value!r}. Default: {spec.default!r}.")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false; got {value!r}.")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{name} must be one of {list(meta['choices'])}; got {value!r}.")
+    if meta.get("low") is not None and value is not None and value < meta["low"]:
+        raise ValueError(f"{name} must be >= {meta['low']:g}; got {value!r}. {meta['help'][:1].upper()}"
+                         f"{meta['help'][1:]}")
 
 
-def _check_lora(lora: LoraSettings) -> None:
-    if isinstance(lora.r, bool) or not isinstance(lora.r, int) or lora.r < 1:
-        raise ValueError(f"r must be an integer >= 1; got {lora.r!r}. Use r=8 for a typical adapter.")
-    if isinstance(lora.alpha, bool) or not isinstance(lora.alpha, (int, float)) or not lora.alpha > 0:
-        raise ValueError(f"alpha must be a number > 0; got {lora.alpha!r}. A common choice is "
-                         "alpha = 2 * r (alpha=16 for r=8).")
-    if not 0 <= lora.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1); got {lora.dropout!r}. Use 0.05, or 0 for none.")
+def check_config(method: str, config: TrainConfig) -> None:
+    check_method(method)
+    for spec in dataclasses.fields(TrainConfig):
+        check_value(spec.name, getattr(config, spec.name), spec)
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0 or None (per-method default {DEFAULT_LR}); "
+                         f"got {config.learning_rate!r}.")
+    if OPTIMIZERS[config.optim].cuda_only and read_profile().device != "cuda":
+        raise ValueError(f"optim={config.optim!r} needs a CUDA GPU (bitsandbytes' 8-bit optimizers); "
+                         "this machine has none. Use optim='adamw_torch'.")
+    check_hparams(config.lora_r, config.lora_alpha, config.lora_dropout)
 
 
+def with_overrides(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """finetune(..., max_steps=10, lora_r=4): TrainConfig fields by name."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"Unknown setting(s) {unknown}. TrainConfig fields: {sorted(names)}.")
+    return dataclasses.replace(config or TrainConfig(), **overrides)
+
+
+# ---------------------------------------------------------------------------- prepare
 def is_4bit(model: nn.Module) -> bool:
     """True if the model holds bitsandbytes 4-bit layers (a QLoRA base)."""
+    kinds = _bnb_kinds()
+    return bool(kinds) and any(isinstance(m, kinds[0]) for m in model.modules())
+
+
+def _bnb_kinds() -> tuple:
+    """bitsandbytes' 4-bit and 8-bit Linear classes, () where it is not installed."""
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional: a CPU-only install may lack it
     except ImportError:
-        return False
-    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+        return ()
+    return bnb.nn.Linear4bit, bnb.nn.Linear8bitLt
 
 
 def linear_names(model: nn.Module) -> list[str]:
     """The short names of the Linear layers LoRA can target ("q_proj", ...), lm_head excluded."""
-    kinds = (nn.Linear,)
-    try:
-        import bitsandbytes as bnb
-        kinds += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    except ImportError:
-        pass
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, kinds)}
-    names.discard("lm_head")
-    return sorted(names)
+    return sorted({n.rpartition(".")[2] for n in target_modules(model, "all-linear", (nn.Linear, *_bnb_kinds()))})
 
 
-# ---------------------------------------------------------------------------- prepare
-def prepare_model(model: nn.Module, method: str, lora: LoraSettings | None = None,
-                  gradient_checkpointing: bool = False) -> nn.Module:
+def prepare_model(model: nn.Module, method: str, config: TrainConfig | None = None,
+                  **overrides) -> nn.Module:
     """Decide which parameters train. Returns the model to train (a peft model for LoRA).
 
     full : every parameter trainable, in fp32 (master weights; autocast does the rest).
-    lora : base frozen, peft LoRA adapters on `lora.targets`, adapters fp32.
+    lora : base frozen, peft LoRA adapters on `lora_target_modules`, adapters fp32.
     qlora: the model must be 4-bit already; peft's prepare_model_for_kbit_training
-           (norms and embeddings to fp32, inputs require grad), then the same LoRA.
+           (norms and embeddings to fp32), then the same LoRA.
+    Settings come from `config` (a TrainConfig) with keyword overrides: prepare_model(m, "lora", lora_r=4).
     """
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # slow: 4 s
 
-    lora = lora or LoraSettings()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    config = with_overrides(config, overrides)
+    check_method(method)
     if isinstance(model, PeftModel):
         raise ValueError("This model already has adapters (a peft model). Pass it to finetune() "
                          "to keep training them, or start from a fresh base model.")
@@ -199,38 +235,29 @@ def prepare_model(model: nn.Module, method: str, lora: LoraSettings | None = Non
         problem = bnb_error(read_profile(), 4)
         if problem:
             raise ValueError(f"method='qlora' cannot run here: {problem}")
-    # Re-entrant checkpointing drops gradients when the inputs do not require grad
-    # (frozen embeddings under LoRA); the non-re-entrant variant does not.
+    # Non-re-entrant checkpointing computes the gradients of the adapters even when the
+    # layer's input does not require grad (frozen embeddings under LoRA).
     ckpt_kwargs = {"use_reentrant": False}
 
     if method == "full":
         if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
             model.float()  # fp32 master weights; autocast computes in 16 bit on a GPU
-        for p in model.parameters():
-            p.requires_grad_(True)
-        if gradient_checkpointing:
+        model.requires_grad_(True)
+        if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         return model
 
-    _check_lora(lora)
-    available = linear_names(model)
-    targets = lora.targets
-    if targets != "all-linear":
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        unknown = [t for t in targets if t not in available]
-        if unknown or not targets:
-            raise ValueError(f"targets must be 'all-linear' or a list of Linear layer names from "
-                             f"{available}; unknown: {unknown}. E.g. targets=['q_proj', 'v_proj'].")
+    check_hparams(config.lora_r, config.lora_alpha, config.lora_dropout)
+    target_modules(model, config.lora_target_modules, (nn.Linear, *_bnb_kinds()))  # names checked
     if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
-    elif gradient_checkpointing:
+    elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-        model.enable_input_require_grads()  # belt and braces: also right for re-entrant
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=targets,
-                        use_rslora=lora.use_rslora, task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, use_rslora=config.use_rslora,
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # adapters train in fp32, whatever the base's dtype
@@ -242,7 +269,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str = "cosi
     """Learning rate of optimizer step `step` (0-based): linear warm-up, then decay."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    if schedule == "constant":
+    if schedule == "constant_with_warmup":
         return peak
     progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1 over the decay
     if schedule == "linear":
@@ -250,18 +277,22 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str = "cosi
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(params: list, name: str, lr: float, weight_decay: float):
+    """The optimizer named in kit.arch.OPTIMIZERS."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if OPTIMIZERS[name].cuda_only:
+        import bitsandbytes as bnb  # optional, CUDA only (checked in check_config)
+        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return kind(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def precision(prof: DeviceProfile) -> dict:
     """The device policy as the loop uses it: autocast dtype (None = plain fp32) and scaling."""
     if prof.device != "cuda":
         return {"autocast": None, "grad_scaling": False}
     return {"autocast": prof.compute_dtype, "grad_scaling": prof.grad_scaling}
-
-
-def make_optimizer(params: list, name: str, lr: float, weight_decay: float, prof: DeviceProfile):
-    if name == "paged_adamw_8bit":  # CUDA only (checked in _check_config)
-        import bitsandbytes as bnb
-        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def peak_memory(prof: DeviceProfile) -> tuple[int, str]:
@@ -274,9 +305,6 @@ def peak_memory(prof: DeviceProfile) -> tuple[int, str]:
 
 def tokenized_splits(data, tokenizer, max_length: int):
     """(train, validation or None) as tokenized Datasets; tokenizes prompt/response data."""
-    from datasets import Dataset, DatasetDict
-    from kit.data import tokenize
-
     if isinstance(data, Dataset):
         data = DatasetDict({"train": data})
     if not isinstance(data, DatasetDict) or "train" not in data:
@@ -298,163 +326,187 @@ def check_fits(model: nn.Module, method: str, config: TrainConfig, seq_len: int,
     The weights are already on the GPU, so the step needs `total - weights` more bytes."""
     if prof.device != "cuda":
         return
-    from kit.memory import estimate
-
-    est = estimate(model.config, method, r=config.lora.r, targets=config.lora.targets,
-                   batch_size=config.batch_size, seq_len=seq_len,
-                   gradient_checkpointing=config.gradient_checkpointing,
-                   optimizer=config.optimizer, compute_dtype=prof.compute_dtype,
-                   lora_dropout=config.lora.dropout, padded=True)
+    est = estimate(model.config, method, r=config.lora_r, targets=config.lora_target_modules,
+                   batch_size=config.per_device_train_batch_size, seq_len=seq_len,
+                   gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optim,
+                   compute_dtype=prof.compute_dtype, lora_dropout=config.lora_dropout, padded=True)
     need = est.total - est.weights - est.quant_constants
     free, _ = torch.cuda.mem_get_info()
     if need > free:
         raise ValueError(
-            f"batch_size={config.batch_size} at {seq_len} tokens needs about {need / 2**30:.1f} GiB "
-            f"more, but only {free / 2**30:.1f} GiB of GPU memory is free. Try a smaller batch_size "
-            "(with grad_accum to keep the effective batch), gradient_checkpointing=True, "
-            "or method='qlora' with a 4-bit base.")
+            f"per_device_train_batch_size={config.per_device_train_batch_size} at {seq_len} tokens needs "
+            f"about {need / 2**30:.1f} GiB more, but only {free / 2**30:.1f} GiB of GPU memory is free. Try "
+            "a smaller batch (with gradient_accumulation_steps to keep the effective batch), "
+            "gradient_checkpointing=True, or method='qlora' with a 4-bit base.")
 
 
-def validation_loss(model: nn.Module, tokenized, pad_token_id: int, batch_size: int) -> float:
-    """Token-weighted mean loss over the answer tokens of a tokenized split (kit.evaluate)."""
-    from kit.evaluate import validation_loss as val_loss
-    return val_loss(model, tokenized, pad_token_id, batch_size=batch_size)["loss"]
+# ---------------------------------------------------------------------------- several processes
+class Processes:
+    """One process, or several under `accelerate launch` (data parallel): wraps the model for
+    gradient averaging, and averages what each process measured."""
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator else 0
+        self.world = accelerator.num_processes if accelerator else 1
+        self.main = accelerator is None or accelerator.is_main_process
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.prepare_model(model) if self.accelerator else model
+
+    def mean_loss_and_tokens(self, loss: float, tokens: int, device) -> tuple[float, int]:
+        if self.accelerator is None:
+            return loss, tokens
+        reduce = self.accelerator.reduce
+        return (reduce(torch.tensor(loss, device=device), "mean").item(),
+                int(reduce(torch.tensor(tokens, device=device), "sum")))
+
+    def wait(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
 
 
-def _with_overrides(config: TrainConfig | None, overrides: dict) -> TrainConfig:
-    """finetune(..., steps=10, r=4): TrainConfig fields and LoraSettings fields by name."""
-    config = config or TrainConfig()
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    lora_keys = {f.name for f in dataclasses.fields(LoraSettings)}
-    unknown = sorted(set(overrides) - train_keys - lora_keys)
-    if unknown:
-        raise ValueError(f"Unknown setting(s) {unknown}. TrainConfig fields: {sorted(train_keys)}; "
-                         f"LoraSettings fields: {sorted(lora_keys)}.")
-    lora = overrides.get("lora", config.lora)
-    lora = dataclasses.replace(lora, **{k: v for k, v in overrides.items() if k in lora_keys})
-    train = {k: v for k, v in overrides.items() if k in train_keys and k != "lora"}
-    return dataclasses.replace(config, lora=lora, **train)
+# ---------------------------------------------------------------------------- checkpoints
+class Checkpoints:
+    """The loop's checkpoint bookkeeping (kit.checkpoint writes and reads the files):
+    resume from the newest intact checkpoint, save every `save_steps`, at the end and on
+    Ctrl-C, always as the last FINISHED step left things (weights, optimizer, random state)."""
+
+    def __init__(self, folder, model, optimizer, scaler, history: History, settings: dict,
+                 keep: int, processes: Processes):
+        self.folder, self.model, self.optimizer, self.scaler = folder, model, optimizer, scaler
+        self.history, self.settings, self.keep, self.processes = history, settings, keep, processes
+        self.last, self.resumed, self.done, self.rng = None, False, 0, torch.get_rng_state()
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint (weights, optimizer, random state, history); the step
+        to start from (0 without one)."""
+        state = checkpoint.resume(self.folder, self.model, self.optimizer, self.scaler, self.settings) \
+            if self.folder else None
+        if state is None:
+            return 0
+        self.resumed, self.last, start = True, state["path"], state["step"]
+        self.history.steps, self.history.evals = state["history"]["steps"], state["history"]["evals"]
+        self.history.resumed_at = state["history"].get("resumed_at", []) + [start]
+        self.done, self.rng = start, torch.get_rng_state()
+        return start
+
+    def finished(self, step: int) -> None:
+        """Step `step` is complete: remember where the random generator stands."""
+        self.done, self.rng = step, torch.get_rng_state()
+
+    def save(self) -> None:
+        """Checkpoint the last finished step (one process writes; the others wait)."""
+        if self.folder and self.processes.main:
+            torch.set_rng_state(self.rng)  # forget an unfinished step's random draws
+            self.last = str(checkpoint.save(self.folder, self.done, self.model, self.optimizer,
+                                            self.scaler, self.history.as_dict(), self.settings, self.keep))
+        self.processes.wait()
+
+    def every(self, save_steps: int, end: int) -> None:
+        if self.folder and save_steps and self.done % save_steps == 0 and self.done < end:
+            self.save()
+
+    @contextlib.contextmanager
+    def on_interrupt(self, start: int):
+        """Ctrl-C inside: checkpoint every finished step, then let the interrupt through."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.folder and self.done > start:
+                self.save()
+            raise
+
+    def at_end(self, start: int) -> None:
+        if self.folder and (self.done > start or not self.resumed):
+            self.save()
 
 
 # ---------------------------------------------------------------------------- the loop
 def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
              config: TrainConfig | None = None, *, checkpoint_dir=None, accelerator=None,
-             on_step=None, **overrides) -> FinetuneResult:
+             on_step=None, trace_batches: bool = False, **overrides) -> FinetuneResult:
     """Fine-tune `model` on `data` (prompt/response DatasetDict, or already tokenized).
 
     method:    "full" | "lora" | "qlora" (a 4-bit base from load_model(..., quantization="nf4")).
-    config:    a TrainConfig; keyword overrides win: finetune(m, tok, data, steps=10, r=4).
+    config:    a TrainConfig; keyword overrides win: finetune(m, tok, data, max_steps=10, lora_r=4).
     A model that already has peft adapters keeps training them (method "lora"/"qlora").
-
-    For longer runs (what `python -m kit finetune` uses):
-    checkpoint_dir: write checkpoints there (every config.save_every steps, at the end, and
-                 when interrupted with Ctrl-C) and resume from the newest one found.
-    accelerator: an `accelerate.Accelerator` when several processes train together
-                 (`accelerate launch`): each takes its own shard of the batches and the
-                 gradients are averaged across processes, so all keep the same weights.
+    checkpoint_dir: write checkpoints there and resume from the newest one (class Checkpoints).
+    accelerator: an `accelerate.Accelerator` when several processes train together (class Processes).
     on_step:     called with each step's record (a dict) after the step.
+    trace_batches: record a checksum of each step's token ids ("batch_crc"): which data it saw.
     """
-    from peft import PeftModel
-    from tqdm.auto import tqdm
-    from kit import checkpoint
-    from kit.data import batches
-
-    config = _with_overrides(config, overrides)
-    _check_config(method, config)
+    config = with_overrides(config, overrides)
+    check_config(method, config)
     prof = read_profile()
     amp = precision(prof)
-    lr = config.lr or DEFAULT_LR[method]
-    warmup = config.warmup_steps if config.warmup_steps is not None else config.steps // 10
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    autocast = (lambda: torch.autocast("cuda", dtype=amp["autocast"])) if amp["autocast"] \
+        else contextlib.nullcontext
+    lr = config.learning_rate or DEFAULT_LR[method]
+    warmup = config.warmup_steps if config.warmup_steps is not None else config.max_steps // 10
+    accum, pad_id = config.gradient_accumulation_steps, pad_token_id(tokenizer)
+    train_set, val_set = tokenized_splits(data, tokenizer, config.max_length)  # loss on answers only
 
-    # ---- data: tokenize (loss on the answer tokens only) and an endless seeded batch stream
-    train_set, val_set = tokenized_splits(data, tokenizer, config.max_length)
-    seq_len = max(len(ids) for ids in train_set["input_ids"])
-
-    # ---- model: choose what trains; seeding first makes the adapters' init reproducible
+    # ---- model: choose what trains (seeded: the adapters' initialisation is reproducible)
     torch.manual_seed(config.seed)
-    if isinstance(model, PeftModel) and method != "full":
-        pass  # continue training the adapters it has
-    else:
-        model = prepare_model(model, method, config.lora, config.gradient_checkpointing)
-    check_fits(model, method, config, seq_len, prof)
-    inner, rank, world, main = model, 0, 1, True
-    if accelerator is not None:  # several processes: wrap for gradient averaging (DDP / FSDP)
-        model = accelerator.prepare_model(model)
-        rank, world = accelerator.process_index, accelerator.num_processes
-        main = accelerator.is_main_process
+    if not (hasattr(model, "peft_config") and method != "full"):  # a peft model keeps its adapters
+        model = prepare_model(model, method, config)
+    check_fits(model, method, config, max(len(ids) for ids in train_set["input_ids"]), prof)
+    procs = Processes(accelerator)
+    inner, model = model, procs.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters. A loaded adapter must be loaded "
                          "with load_adapter(..., is_trainable=True) to train it further.")
     device = params[0].device
-
-    optimizer = make_optimizer(params, config.optimizer, lr, config.weight_decay, prof)
+    optimizer = make_optimizer(params, config.optim, lr, config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp["grad_scaling"])  # fp16 only: no underflow
-    autocast = (lambda: torch.autocast("cuda", dtype=amp["autocast"])) if amp["autocast"] \
-        else contextlib.nullcontext
-    history = History(method=method, config=dataclasses.asdict(config) | {"lr": lr, "warmup_steps": warmup})
-
-    # ---- resume: the newest checkpoint restores weights, optimizer, random state, history
-    settings = {k: v for k, v in history.config.items()
-                if k not in ("save_every", "keep_checkpoints", "stop_after")} | {"method": method,
-                                                                                  "processes": world}
-    start, last_checkpoint = 0, None
-    found = checkpoint.checkpoints(checkpoint_dir) if checkpoint_dir else []
-    if found:
-        state = checkpoint.load(found[-1], inner, optimizer, scaler, settings)
-        start, last_checkpoint = state["step"], str(found[-1])
-        history.steps, history.evals = state["history"]["steps"], state["history"]["evals"]
-        history.resumed_at = state["history"].get("resumed_at", []) + [start]
-    stream = batches(train_set, config.batch_size, pad_id, seed=config.seed,
-                     start=start * config.grad_accum, shard=(rank, world))
-    if prof.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    history = History(method=method, config=dataclasses.asdict(config) | {"learning_rate": lr,
+                                                                          "warmup_steps": warmup})
+    ckpt = Checkpoints(checkpoint_dir, inner, optimizer, scaler, history,
+                       history.config | {"method": method, "processes": procs.world},
+                       config.save_total_limit, procs)
+    start = ckpt.resume()
+    stream = batches(train_set, config.per_device_train_batch_size, pad_id, seed=config.seed,
+                     start=start * accum, shard=(procs.rank, procs.world))
+    end = min(config.max_steps, start + config.stop_after) if config.stop_after else config.max_steps
 
     def evaluate(step):
-        if val_set is not None and config.eval_every:
+        if val_set is not None and config.eval_steps:
             inner.eval()
-            history.evals.append({"step": step, "val_loss": validation_loss(inner, val_set, pad_id,
-                                                                              config.batch_size)})
+            loss = validation_loss(inner, val_set, pad_id, config.per_device_train_batch_size)["loss"]
+            history.evals.append({"step": step, "val_loss": loss})
             inner.train()
 
-    def save(step):  # one process writes; the others wait until the files are complete
-        nonlocal last_checkpoint
-        if main:
-            last_checkpoint = str(checkpoint.save(checkpoint_dir, step, inner, optimizer, scaler,
-                                                  history.as_dict(), settings, config.keep_checkpoints))
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
-
+    if prof.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model.train()
     if start == 0:
         evaluate(0)
-    end = min(config.steps, start + config.stop_after) if config.stop_after else config.steps
-    bar = tqdm(range(start, end), initial=start, total=config.steps, desc=f"{method} fine-tuning",
-               disable=not (config.progress and main))
-    done, rng_done = start, torch.get_rng_state()  # dropout's generator as step `done` left it
-    try:
+    bar = tqdm(range(start, end), initial=start, total=config.max_steps, desc=f"{method} fine-tuning",
+               disable=config.disable_tqdm or not procs.main)
+    with ckpt.on_interrupt(start):
         for step in bar:
             t0 = time.perf_counter()
-            # ---- learning rate for this step (set by hand, nanoGPT-style)
-            step_lr = lr_at(step, lr, warmup, config.steps, config.schedule)
+            step_lr = lr_at(step, lr, warmup, config.max_steps, config.lr_scheduler_type)
             for group in optimizer.param_groups:
-                group["lr"] = step_lr
+                group["lr"] = step_lr                      # set by hand, nanoGPT-style
 
-            # ---- forward and backward over grad_accum micro-batches
-            step_loss, tokens, crc = 0.0, 0, 0
-            for _ in range(config.grad_accum):
+            # ---- forward and backward over the micro-batches of this step
+            loss_sum, tokens, crc = 0.0, 0, 0
+            for _ in range(accum):
                 batch = {k: v.to(device) for k, v in next(stream).items()}
                 with autocast():
-                    loss = model(**batch).loss  # the model shifts labels; -100 (prompt, pad) ignored
-                scaler.scale(loss / config.grad_accum).backward()
-                step_loss += loss.item() / config.grad_accum
+                    loss = model(**batch).loss             # labels -100 (prompt, padding) ignored
+                scaler.scale(loss / accum).backward()
+                loss_sum += loss.item() / accum
                 tokens += int(batch["attention_mask"].sum())
-                crc = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes(), crc)  # which data
+                if trace_batches:
+                    crc = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes(), crc)
 
             # ---- clip, step, zero
             if config.max_grad_norm:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                scaler.unscale_(optimizer)                 # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
@@ -464,29 +516,21 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
             if prof.device == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            if accelerator is not None:
-                step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), "mean").item()
-                tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+            loss_sum, tokens = procs.mean_loss_and_tokens(loss_sum, tokens, device)
             memory, history.memory_kind = peak_memory(prof)
-            record = {"step": step + 1, "loss": step_loss, "lr": step_lr, "tokens": tokens,
-                      "tokens_per_s": tokens / dt, "step_time": dt, "memory": memory, "batch_crc": crc}
+            record = {"step": step + 1, "loss": loss_sum, "lr": step_lr, "tokens": tokens,
+                      "tokens_per_s": tokens / dt, "step_time": dt, "memory": memory}
+            if trace_batches:
+                record["batch_crc"] = crc
             history.steps.append(record)
-            done, rng_done = step + 1, torch.get_rng_state()
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{step_lr:.2e}")
-            if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
-                evaluate(done)
+            ckpt.finished(step + 1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{step_lr:.2e}")
+            if config.eval_steps and ((step + 1) % config.eval_steps == 0 or step + 1 == config.max_steps):
+                evaluate(step + 1)
             if on_step is not None:
                 on_step(record)
-            if checkpoint_dir and config.save_every and done % config.save_every == 0 and done < end:
-                save(done)
-    except KeyboardInterrupt:  # Ctrl-C: keep every finished step, then stop
-        if checkpoint_dir and done > start:
-            torch.set_rng_state(rng_done)  # forget an unfinished step's random draws
-            save(done)
-        raise
-    if checkpoint_dir and (done > start or not found):
-        save(done)
-
+            ckpt.every(config.save_steps, end)
+    ckpt.at_end(start)
     inner.eval()
-    return FinetuneResult(model=inner, history=history, finished=done >= config.steps,
-                          checkpoint=last_checkpoint)
+    return FinetuneResult(model=inner, history=history, finished=ckpt.done >= config.max_steps,
+                          checkpoint=ckpt.last)

@@ -46,3 +46,19 @@ def micro_llama(seed: int = 0):
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     return LlamaForCausalLM(config).eval()
+
+
+def run_notebook(name: str, folder, **overrides) -> dict:
+    """Execute notebooks/<name>.ipynb headless into `folder` with its smoke parameters (and
+    `overrides`), and return the results it recorded (results/<name>.json)."""
+    import json
+    from pathlib import Path
+
+    from kit.runner import NOTEBOOKS, execute_smoke, smoke_parameters
+
+    path = NOTEBOOKS / f"{name}.ipynb"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    outcome = execute_smoke(path, folder, {**smoke_parameters(path), **overrides})
+    assert outcome.ok, f"{name}: {outcome.error} (cell {outcome.cell})"
+    return json.loads((folder / "results" / f"{name}.json").read_text())

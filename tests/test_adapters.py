@@ -7,7 +7,7 @@ from kit.adapters import (adapter_names, disable_adapter, load_adapter, logits, 
                           merge, save_adapter, save_full, set_adapter)
 from kit.data import collate, tokenize
 from kit.models import load_model
-from kit.train import LoraSettings, is_4bit, prepare_model
+from kit.train import is_4bit, prepare_model
 
 # QLoRA merge tolerance: the adapter model dequantizes the same NF4 weights on the fly, so in
 # fp32 (CPU) merged and unmerged logits agree to float rounding; in fp16/bf16 (GPU) to ~1e-2.
@@ -25,7 +25,7 @@ def with_adapter(model, seed, targets="all-linear"):
     """Prepare a LoRA model and give its B non-zero values (a test with B = 0 proves nothing)."""
     method = "qlora" if is_4bit(model) else "lora"
     torch.manual_seed(seed)
-    model = prepare_model(model, method, LoraSettings(r=4, alpha=8, dropout=0.0, targets=targets))
+    model = prepare_model(model, method, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=targets)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -9,7 +9,8 @@ from kit.models import load_model
 from kit.train import finetune
 
 DATA = make_task("dates", n_train=24, n_val=8, n_test=0, seed=0)
-RUN = dict(steps=6, batch_size=4, eval_every=3, save_every=2, progress=False, seed=0)
+RUN = dict(max_steps=6, per_device_train_batch_size=4, eval_steps=3, save_steps=2, disable_tqdm=True,
+           seed=0, trace_batches=True)
 
 
 def fresh():
@@ -62,17 +63,17 @@ def test_ctrl_c_keeps_the_finished_steps(tmp_path):
 
 
 def test_a_finished_run_resumes_as_a_no_op_and_longer_runs_extend(tmp_path):
-    first = train(tmp_path / "run", steps=4)
-    again = train(tmp_path / "run", steps=4)
+    first = train(tmp_path / "run", max_steps=4)
+    again = train(tmp_path / "run", max_steps=4)
     assert again.history.steps == first.history.steps and again.history.resumed_at == [4]
-    longer = train(tmp_path / "run", steps=6)  # steps may grow
+    longer = train(tmp_path / "run", max_steps=6)  # max_steps may grow
     assert [s["step"] for s in longer.history.steps] == list(range(1, 7))
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
     train(tmp_path / "run", stop_after=2)
-    with pytest.raises(ValueError, match=r"lora.r: 8 then, 4 now.*another output_dir"):
-        train(tmp_path / "run", r=4)
+    with pytest.raises(ValueError, match=r"lora_r: 8 then, 4 now.*another output_dir"):
+        train(tmp_path / "run", lora_r=4)
     with pytest.raises(ValueError, match="method: 'lora' then, 'full' now"):
         train(tmp_path / "run", method="full")
 

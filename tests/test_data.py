@@ -1,5 +1,6 @@
 """kit.data: synthetic tasks, local/hub loading, chat formatting with answer-only labels,
 overflow policies, collation and the batch stream."""
+import csv
 import datetime
 import json
 import re
@@ -234,7 +235,7 @@ def test_load_local_errors_name_the_fix(tmp_path):
         kd.load_local(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl line 2 is not valid JSON"):
         kd.load_local(bad)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -262,3 +263,190 @@ def test_load_hub_fails_fast_offline(monkeypatch):
     with pytest.raises(ValueError, match="load_local"):
         kd.load_hub("some/dataset", "question", "answer")
     assert time.perf_counter() - start < 5
+
+
+def write_rows(path, rows):
+    """rows (a list of dicts) as the file kind that path's extension names."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows, indent=2))
+    else:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]),
+                                    delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+def all_pairs(d):
+    return sorted((p, r) for split in d.values()
+                  for p, r in zip(split["prompt"], split["response"]))
+
+
+def test_load_local_reads_jsonl_json_csv_and_tsv_alike(tmp_path):
+    rows = [{"question": f"q{i}, with a comma\tand a tab", "answer": f"a{i}", "extra": i}
+            for i in range(20)]
+    loaded = {kind: kd.load_local(write_rows(tmp_path / f"mine.{kind}", rows),
+                                  "question", "answer", seed=5)
+              for kind in ("jsonl", "json", "csv", "tsv")}
+    expected = sorted((r["question"], r["answer"]) for r in rows)
+    for kind, d in loaded.items():
+        assert list(d) == ["train", "validation", "test"], kind
+        assert all(s.column_names == ["prompt", "response"] for s in d.values()), kind
+        assert {k: len(v) for k, v in d.items()} == {"train": 16, "validation": 2, "test": 2}
+        assert all_pairs(d) == expected, kind
+        # same rows in the same order and the same seed: the same split, whatever the format
+        assert d["test"].to_dict() == loaded["jsonl"]["test"].to_dict(), kind
+        assert d["validation"].to_dict() == loaded["jsonl"]["validation"].to_dict(), kind
+
+
+def test_load_local_keeps_text_as_written_and_numbers_become_text(tmp_path):
+    rows = [{"prompt": f"p{i}", "response": r}
+            for i, r in enumerate(["007", "3.10", "NA", "null", "2021-03-05", "x"])]
+    for kind in ("csv", "tsv"):
+        d = kd.load_local(write_rows(tmp_path / f"t.{kind}", rows), val_fraction=0, test_fraction=0)
+        assert sorted(d["train"]["response"]) == sorted(r["response"] for r in rows), kind
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"prompt": 1, "response": 34}\n{"prompt": "two", "response": true}\n')
+    d = kd.load_local(numbers, val_fraction=0, test_fraction=0)
+    pairs = sorted(zip(d["train"]["prompt"], d["train"]["response"]))
+    assert pairs == [("1", "34"), ("two", "True")]
+
+
+
+def test_load_local_csv_names_its_columns_when_one_is_missing(tmp_path):
+    path = tmp_path / "qa.tsv"
+    path.write_text("question\tanswer\nq1\ta1\n")
+    with pytest.raises(ValueError, match=r"response_column='response' is not a column of .*qa\.tsv; "
+                                         r"its columns are \['question', 'answer'\]"):
+        kd.load_local(path, prompt_column="question")
+
+@pytest.mark.parametrize("n, val, test, sizes", [
+    (20, 0.1, 0.1, (16, 2, 2)),
+    (30, 0.1, 0.1, (24, 3, 3)),    # round(30 * 0.1) = 3; the library's ceil on floats gives 4
+    (10, 0.0, 0.2, (8, 0, 2)),
+    (10, 0.3, 0.0, (7, 3, 0)),
+    (7, 0.1, 0.1, (5, 1, 1)),      # round(0.7) = 1
+    (4, 0.1, 0.1, (4, 0, 0)),      # round(0.4) = 0: too few rows for a held-out example
+])
+def test_load_local_split_sizes(tmp_path, n, val, test, sizes):
+    rows = [{"prompt": f"p{i}", "response": "r"} for i in range(n)]
+    path = write_rows(tmp_path / "mine.jsonl", rows)
+    d = kd.load_local(path, val_fraction=val, test_fraction=test)
+    assert (len(d["train"]), len(d["validation"]), len(d["test"])) == sizes
+
+
+def test_load_local_same_seed_same_split_other_seed_other_split(tmp_path):
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(40)]
+    path = write_rows(tmp_path / "mine.jsonl", rows)
+    a, b, c = (kd.load_local(path, seed=s) for s in (1, 1, 2))
+    for split in ("train", "validation", "test"):
+        assert a[split].to_dict() == b[split].to_dict()
+    assert set(a["test"]["prompt"]) != set(c["test"]["prompt"])
+    assert set(a["train"]["prompt"]) != set(c["train"]["prompt"])
+    sets = [set(a[s]["prompt"]) for s in ("train", "validation", "test")]
+    assert sum(map(len, sets)) == 40 and len(set.union(*sets)) == 40  # disjoint, all rows used
+
+
+def test_load_local_counts_skipped_empty_rows_in_a_warning(tmp_path):
+    path = tmp_path / "holes.jsonl"
+    good = [{"q": f"q{i}", "a": f"a{i}"} for i in range(10)]
+    holes = [{"q": "", "a": "x"}, {"q": "y", "a": "   "}, {"q": "z", "a": None}, {"q": "w"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good + holes))
+    with pytest.warns(kd.SkippedRowsWarning, match=r"holes\.jsonl: skipped 4 of 14 rows") as caught:
+        d = kd.load_local(path, "q", "a", val_fraction=0, test_fraction=0)
+    assert len(caught) == 1 and caught[0].filename == __file__  # points at the caller
+    assert sorted(d["train"]["prompt"]) == sorted(r["q"] for r in good)
+    csv_path = tmp_path / "holes.csv"
+    csv_path.write_text("q,a\nq1,a1\nq2,\n,a3\nq4,a4\n")
+    with pytest.warns(kd.SkippedRowsWarning, match=r"holes\.csv: skipped 2 of 4 rows"):
+        d = kd.load_local(csv_path, "q", "a", val_fraction=0, test_fraction=0)
+    assert sorted(d["train"]["prompt"]) == ["q1", "q4"]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("broken.jsonl", '{"prompt": "a", "response": "b"}\n\n{"prompt": "c", "response": }\n',
+     r"broken\.jsonl line 3 is not valid JSON \(Expecting value\)"),
+    ("trailing.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"},\n',
+     r"trailing\.jsonl line 2 is not valid JSON \(Extra data\)"),
+    ("scalars.jsonl", '{"prompt": "a", "response": "b"}\n"just a string"\n',
+     r"scalars\.jsonl line 2 is not a JSON object"),
+    ("list.json", '[\n  {"prompt": "a", "response": "b"},\n  {"prompt": "c" "response": "d"}\n]',
+     r"list\.json line 3 is not valid JSON"),
+])
+def test_load_local_malformed_json_names_the_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as caught:
+        kd.load_local(path)
+    assert "one object like" in str(caught.value)  # ... and says what a line should hold
+    # raised "from None": no pyarrow traceback chained to it
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("name, text", [
+    ("empty.jsonl", ""), ("blank.jsonl", "\n  \n\n"), ("empty.json", "[]"),
+    ("empty.csv", ""), ("header.csv", "prompt,response\n"), ("header.tsv", "prompt\tresponse\n"),
+])
+def test_load_local_empty_files_say_empty(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " is empty"):
+        kd.load_local(path)
+
+
+def test_load_local_checks_fractions_before_reading(tmp_path):
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \[0, 1\); got 1"):
+        kd.load_local(tmp_path / "not-even-there.jsonl", test_fraction=1)
+    with pytest.raises(ValueError, match="val_fraction"):
+        kd.load_local(tmp_path / "not-even-there.jsonl", val_fraction=-0.1)
+
+
+def test_load_hub_picks_columns_and_splits_like_load_local(tmp_path, monkeypatch):
+    from datasets import Dataset
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+    rows.append({"question": "q", "answer": ""})  # skipped
+    asked = {}
+
+    def fake_load_dataset(dataset_id, config, split):
+        asked.update(dataset_id=dataset_id, config=config, split=split)
+        return Dataset.from_list(rows)
+
+    local = kd.load_local(write_rows(tmp_path / "qa.jsonl", rows[:20]), "question", "answer",
+                          seed=3)
+    monkeypatch.setattr(kd, "_offline", lambda: False)
+    monkeypatch.setattr(kd, "hub_reachable", lambda: True)
+    monkeypatch.setattr(kd, "load_dataset", fake_load_dataset)
+    with pytest.warns(kd.SkippedRowsWarning, match="hub dataset 'me/qa': skipped 1 of 21 rows"):
+        hub = kd.load_hub("me/qa", "question", "answer", split="train", seed=3)
+    assert asked == {"dataset_id": "me/qa", "config": None, "split": "train"}
+    for split in ("train", "validation", "test"):
+        assert hub[split].to_dict() == local[split].to_dict()
+    with pytest.raises(ValueError, match=r"prompt_column='prompt' is not a column of hub dataset"):
+        kd.load_hub("me/qa", "prompt", "answer")
+    assert len(kd.load_hub("me/qa", "question", "answer", n=10)["train"]) == 8
+
+
+# ----------------------------------------------------------------------------- padding
+class StandInTokenizer:
+    """Only what pad_token_id and end_of_turn read."""
+    unk_token_id = 0
+
+    def __init__(self, pad=None, vocab=(), eos=None):
+        self.pad_token_id, self.vocab = pad, dict(vocab)
+        self.eos_token, self.eos_token_id = ("</s>" if eos is not None else None), eos
+
+    def convert_tokens_to_ids(self, token):
+        return self.vocab.get(token, self.unk_token_id)
+
+
+def test_pad_token_id_is_the_pad_token_else_the_end_of_turn(tokenizer):
+    assert kd.pad_token_id(tokenizer) == tokenizer.pad_token_id
+    assert kd.pad_token_id(StandInTokenizer(pad=9, vocab={"<|im_end|>": 5}, eos=7)) == 9
+    chatml = StandInTokenizer(vocab={"<|im_end|>": 5}, eos=7)
+    assert kd.pad_token_id(chatml) == 5 == kd.end_of_turn(chatml)[1]  # not eos (7)
+    assert kd.pad_token_id(StandInTokenizer(eos=7)) == 7               # no <|im_end|>: eos
+    with pytest.raises(ValueError, match="no pad token.*tokenizer.pad_token ="):
+        kd.pad_token_id(StandInTokenizer())

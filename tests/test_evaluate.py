@@ -38,6 +38,32 @@ def test_generate_rejects_bad_arguments(tiny):
         ke.generate(model, tok, ["Hi"], batch_size=0)
 
 
+class RecordingModel(torch.nn.Module):
+    """Stands in for a causal LM: records generate's keyword arguments, answers with one
+    end-of-turn token per row."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # generate asks for the device
+        self.seen = {}
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        self.seen = kwargs
+        eot = torch.full((input_ids.shape[0], 1), kwargs["eos_token_id"])
+        return torch.cat([input_ids, eot], dim=1)
+
+
+def test_generate_pads_with_kit_data_pad_token_id(tiny, monkeypatch):
+    tok = tiny[1]
+    model = RecordingModel()
+    assert ke.generate(model, tok, ["Hi", "Hello there"]) == ["", ""]
+    assert model.seen["pad_token_id"] == kd.pad_token_id(tok)
+    assert model.seen["eos_token_id"] == kd.end_of_turn(tok)[1]
+    monkeypatch.setattr(ke, "pad_token_id", lambda tokenizer: 7)  # the one place that decides
+    ke.generate(model, tok, ["Hi"])
+    assert model.seen["pad_token_id"] == 7
+
+
 # ----------------------------------------------------------------------------- exact match
 @pytest.mark.parametrize("got, expected, task, ok", [
     ("2021-03-05", "2021-03-05", "dates", True),

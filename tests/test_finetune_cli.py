@@ -1,6 +1,8 @@
-"""`python -m kit finetune`: the CPU recipes with smoke settings, stopped and resumed with a
-continuous history; Ctrl-C keeps the finished steps; two processes (accelerate launch, gloo)
-train on different data and end with the same weights."""
+"""`python -m kit finetune`: what the command adds to the loop (tests/test_checkpoint.py holds
+the loop's own stop/resume equalities): the run folder (recipe, history, summary, the adapter or
+model), resuming with the same command, refusing another recipe, Ctrl-C's exit code and message,
+and two processes (accelerate launch, gloo) that see different data and end with the same
+weights. All on tiny-llama."""
 import json
 import os
 import signal
@@ -15,25 +17,25 @@ import pytest
 from kit import checkpoint, finetune_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ["--steps", "4", "--batch_size", "2", "--n_train", "16", "--n_val", "4", "--eval_every", "2",
-         "--eval_examples", "3", "--max_length", "64"]
+SMOKE = ["--model", "tiny-llama", "--max_steps", "4", "--per_device_train_batch_size", "2", "--n_train", "16",
+         "--n_val", "4", "--eval_steps", "2", "--eval_examples", "3", "--max_length", "64",
+         "--learning_rate", "1e-2"]
 
 
 def read(folder, name):
     return json.loads((Path(folder) / name).read_text())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["cpu-lora", "cpu-qlora", "cpu-full"])
 def test_cpu_recipe_stops_resumes_and_saves(recipe, tmp_path):
-    out = ["--output_dir", str(tmp_path)]
-    assert finetune_cli.main(recipe, SMOKE + out + ["--stop_after", "2"]) == 0
+    out = ["--config", recipe, "--output_dir", str(tmp_path)]
+    assert finetune_cli.main(SMOKE + out + ["--stop_after", "2"]) == 0
     first = read(tmp_path, "summary.json")
     assert (first["finished"], first["steps_done"]) == (False, 2)
     assert [p.name for p in checkpoint.checkpoints(tmp_path / "checkpoints")] == ["checkpoint-000002"]
     part = json.loads((tmp_path / "checkpoints/checkpoint-000002/state.json").read_text())["history"]
 
-    assert finetune_cli.main(recipe, SMOKE + out) == 0  # the same command: carries on
+    assert finetune_cli.main(SMOKE + out) == 0  # the same command: carries on
     s = read(tmp_path, "summary.json")
     history = read(tmp_path, "history.json")
     assert s["finished"] and s["resumed_at"] == [2]
@@ -54,11 +56,12 @@ def test_cpu_recipe_stops_resumes_and_saves(recipe, tmp_path):
 
 
 def test_resuming_another_recipe_is_refused_and_resume_false_starts_over(tmp_path, capsys):
-    tiny = ["--model", "tiny-llama", "--output_dir", str(tmp_path)] + SMOKE[:10] + ["--eval_examples", "0"]
-    assert finetune_cli.main("cpu-lora", tiny + ["--stop_after", "2"]) == 0
-    assert finetune_cli.main("cpu-lora", tiny + ["--lora_r", "4"]) == 2
+    tiny = ["--config", "cpu-lora", "--output_dir", str(tmp_path)] + SMOKE + ["--eval_examples", "0"]
+    assert finetune_cli.main(tiny + ["--stop_after", "2"]) == 0
+    assert finetune_cli.main(tiny + ["--lora_r", "4"]) == 2
     assert "lora_r: 8 then, 4 now" in capsys.readouterr().err
-    assert finetune_cli.main("cpu-lora", tiny + ["--lora_r", "4", "--resume", "false"]) == 0
+    assert finetune_cli.main(tiny + ["--max_steps", "5", "--stop_after", "1"]) == 0   # may change
+    assert finetune_cli.main(tiny + ["--lora_r", "4", "--resume", "false"]) == 0
     s = read(tmp_path, "summary.json")
     assert s["finished"] and s["resumed_at"] == [] and s["steps_done"] == 4
 
@@ -76,8 +79,8 @@ def _env():
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_the_finished_steps_and_the_command_resumes(tmp_path):
     cmd = [sys.executable, "-m", "kit", "finetune", "--config", "cpu-lora", "--model", "tiny-llama",
-           "--output_dir", str(tmp_path), "--steps", "100000", "--batch_size", "2", "--n_train", "16",
-           "--n_val", "4", "--eval_every", "0", "--eval_examples", "0", "--save_every", "0"]
+           "--output_dir", str(tmp_path), "--max_steps", "100000", "--per_device_train_batch_size", "2",
+           "--n_train", "16", "--n_val", "4", "--eval_steps", "0", "--eval_examples", "0", "--save_steps", "0"]
     # SIGINT's default action even when the suite itself runs where SIGINT is ignored (a shell's
     # background job): an ignored SIGINT is inherited, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -112,10 +115,10 @@ def test_ctrl_c_checkpoints_the_finished_steps_and_the_command_resumes(tmp_path)
 @pytest.mark.slow
 def test_two_processes_on_the_cpu_see_different_data_and_end_with_the_same_weights(tmp_path):
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-           "recipes/accelerate/cpu-2proc.yaml", "--main_process_port", str(_free_port()),
+           "kit/recipes/accelerate/cpu-2proc.yaml", "--main_process_port", str(_free_port()),
            "-m", "kit", "finetune", "--config", "cpu-lora", "--model", "tiny-llama",
-           "--output_dir", str(tmp_path), "--steps", "4", "--batch_size", "2", "--n_train", "16",
-           "--n_val", "4", "--eval_every", "2", "--eval_examples", "0", "--save_every", "2"]
+           "--output_dir", str(tmp_path), "--max_steps", "4", "--per_device_train_batch_size", "2",
+           "--n_train", "16", "--n_val", "4", "--eval_steps", "2", "--eval_examples", "0", "--save_steps", "2"]
     run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     ranks = [read(tmp_path / "processes", f"rank-{r}.json") for r in (0, 1)]

@@ -43,8 +43,9 @@ def test_recipe_settings_reach_the_check(monkeypatch, tmp_path):
     assert gpu_check.main(steps=3, allow_cpu=True, out=str(tmp_path), recipe="t4-qlora-7b") == 0
     (name, method, steps, s), = seen
     assert (name, method, steps) == ("qwen2.5-7b", "qlora", 3)
-    assert s["batch_size"] == 4 and s["gradient_checkpointing"] is True and s["optimizer"] == "adamw"
-    assert (s["lora"].r, s["lora"].alpha) == (16, 32)
+    c = s["config"]
+    assert c.per_device_train_batch_size == 4 and c.gradient_checkpointing is True and c.optim == "adamw_torch"
+    assert (c.lora_r, c.lora_alpha, s["task"]) == (16, 32, "extract")
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["recipe"] == "t4-qlora-7b" and "GB" in saved["note"]
     assert gpu_check.main(steps=1, allow_cpu=True, out=str(tmp_path), recipe="no-such-recipe") == 2
@@ -54,16 +55,17 @@ def test_random_weights_model_has_the_architecture_and_trains(tmp_path, monkeypa
     """ensure_random builds the named architecture with random weights; a check with
     checkpointing on runs on it, and its ledger still meets the estimate."""
     import kit.models as models
-    from kit.memory import Arch, param_count
-    from kit.train import LoraSettings
+    from kit.arch import Arch, param_count
+    from kit.train import TrainConfig
     bundled = models.ensure_bundled()            # the tokenizer comes from here
     monkeypatch.setattr(models, "ensure_bundled", lambda: bundled)
     monkeypatch.setenv("KIT_CACHE", str(tmp_path))
     arch = Arch("test-mini", 96, 256, 2, 4, 2, 49152, True)
     folder = models.ensure_random(arch, dtype=torch.float32)
     assert folder == tmp_path / "random-test-mini" and (folder / "tokenizer.json").exists()
-    row = gpu_check.check_method(str(folder), "lora", steps=2, batch_size=2, gradient_checkpointing=True,
-                                 lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    config = TrainConfig(per_device_train_batch_size=2, gradient_checkpointing=True, lora_r=4, lora_alpha=8,
+                         lora_dropout=0.0)
+    row = gpu_check.check_method(str(folder), "lora", steps=2, config=config)
     assert row["parameters"] - row["trainable"] == param_count(arch)
     assert row["gradient_checkpointing"] is True and row["r"] == 4 and row["steps"] == 2
     assert row["ledger_total"] == pytest.approx(row["estimate_for_ledger"], rel=0.02)

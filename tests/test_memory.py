@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from kit import arch as A
 from kit import memory as M
 from kit.models import load_model, parameter_count
 
@@ -38,17 +39,17 @@ def assert_agree(ledger, est, activations_tol=0.15):
 def test_param_formula_equals_real_models(tiny):
     from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
     model, _ = tiny
-    assert M.param_count(model.config) == parameter_count(model)
+    assert A.param_count(model.config) == parameter_count(model)
     # untied head, grouped-query attention, biases, an explicit head_dim
     config = LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
                          num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                          tie_word_embeddings=False, attention_bias=True)
-    assert M.param_count(config) == parameter_count(LlamaForCausalLM(config))
+    assert A.param_count(config) == parameter_count(LlamaForCausalLM(config))
     # a mixture of experts: every expert's weights count, plus the router
     config = MixtralConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
                            num_experts_per_tok=2)
-    assert M.param_count(config) == parameter_count(MixtralForCausalLM(config))
+    assert A.param_count(config) == parameter_count(MixtralForCausalLM(config))
 
 
 def test_preset_architectures_have_their_published_sizes():
@@ -56,14 +57,14 @@ def test_preset_architectures_have_their_published_sizes():
              "mixtral-8x7b": 46.7e9, "mixtral-8x22b": 141e9, "smollm2-360m": 362e6,
              "smollm2-1.7b": 1.71e9}
     for name, n in sizes.items():
-        assert M.param_count(name) == pytest.approx(n, rel=0.01), name
+        assert A.param_count(name) == pytest.approx(n, rel=0.01), name
 
 
 @pytest.mark.slow
 def test_bundled_preset_formula_equals_the_loaded_model(bundled_shared):
     model, _ = bundled_shared
-    assert M.param_count("smollm2-135m") == parameter_count(model)
-    arch, preset = M.arch_from_config(model.config), M.ARCHS["smollm2-135m"]
+    assert A.param_count("smollm2-135m") == parameter_count(model)
+    arch, preset = A.arch_from_config(model.config), A.ARCHS["smollm2-135m"]
     fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "vocab_size", "tie_word_embeddings", "hd")
     assert [getattr(arch, f) for f in fields] == [getattr(preset, f) for f in fields]
@@ -95,7 +96,7 @@ def test_ledger_lora_counts_only_the_adapters(tiny):
 
 def test_checkpointing_keeps_fewer_activations_measured_and_estimated(tiny):
     model, _ = tiny
-    arch = M.arch_from_config(model.config)
+    arch = A.arch_from_config(model.config)
     plain = M.measure_step(model, batch_of(T=48), adamw(model))
     model.gradient_checkpointing_enable()
     ckpt = M.measure_step(model, batch_of(T=48), adamw(model))
@@ -109,7 +110,7 @@ def test_checkpointing_keeps_fewer_activations_measured_and_estimated(tiny):
 def test_estimate_matches_ledger_on_tiny_qlora_with_dropout():
     from peft import prepare_model_for_kbit_training
     base, _ = load_model("tiny-llama", quantization="nf4")
-    arch = M.arch_from_config(base.config)
+    arch = A.arch_from_config(base.config)
     model = lora(prepare_model_for_kbit_training(base, use_gradient_checkpointing=False), lora_dropout=0.1)
     led = M.measure_step(model, batch_of(), adamw(model))
     assert led.weights_by_dtype["uint8"] > 0 and led.quant_constants > 0
@@ -130,7 +131,7 @@ def _bundled_step(method):
         from peft import prepare_model_for_kbit_training
         base, _ = load_model("smollm2-135m", quantization="nf4")
         w = M.weight_bytes(base)
-        assert w["weights"] + w["quant_constants"] < 4 * M.param_count("smollm2-135m") / 3
+        assert w["weights"] + w["quant_constants"] < 4 * A.param_count("smollm2-135m") / 3
         model = lora(prepare_model_for_kbit_training(base, use_gradient_checkpointing=False))
     else:
         model, _ = load_model("smollm2-135m")
@@ -162,22 +163,11 @@ def test_llama_2_7b_agrees_with_the_seed_where_its_arithmetic_holds():
     assert per_param(full) == pytest.approx(16) and per_param(M.estimate("llama-2-7b", "full", precision="16")) == pytest.approx(8)
 
 
-def test_seed_comparison_rows_and_notes():
-    rows = M.seed_comparison()
-    assert {r["size"] for r in rows} == set(M.SEED_TABLE)
-    assert len(rows) == sum(len(v) for v in M.SEED_TABLE.values())
-    two_bit = [r for r in rows if r["method"] == "qlora-2"]
-    assert all(r["estimate_gb"] is None and not r["holds"] and "2-bit" in r["note"] for r in two_bit)
-    note = next(r["note"] for r in rows if r["size"] == "7B" and r["method"] == "qlora-4")
-    assert "floor" in note and "A and B" in note
-    assert all(r["holds"] for r in rows if r["size"] in ("7B", "70B") and r["method"].startswith("full"))
-
-
 def test_bigger_models_need_more_and_methods_rank():
-    for method in M.METHODS:
+    for method in A.METHOD_NAMES:
         totals = [M.estimate(n, method).total for n in ("llama-2-7b", "llama-2-13b", "llama-2-70b")]
         assert totals == sorted(totals)
-    full, lo, q = (M.estimate("llama-2-13b", m).total for m in M.METHODS)
+    full, lo, q = (M.estimate("llama-2-13b", m).total for m in A.METHOD_NAMES)
     assert q < lo < full
 
 
@@ -195,9 +185,9 @@ def test_estimates_grow_with_batch_seq_len_and_rank():
 
 
 def test_mixture_of_experts_stores_all_experts_and_computes_with_few():
-    moe = M.ARCHS["mixtral-8x7b"]
+    moe = A.ARCHS["mixtral-8x7b"]
     one = dataclasses.replace(moe, num_experts=1, experts_per_token=1)
-    assert M.param_count(moe) > 6 * M.param_count(one)
+    assert A.param_count(moe) > 6 * A.param_count(one)
     act = lambda a: M.estimate(a, "lora", gradient_checkpointing=False).activations
     assert act(one) < act(moe) < 3 * act(one)
 
@@ -206,9 +196,9 @@ def test_fits_and_largest_model():
     assert M.fits(M.estimate("llama-2-7b", "qlora"), "T4")
     assert not M.fits(M.estimate("llama-2-7b", "full"), "H100")
     assert M.fits(M.estimate("smollm2-135m", "full"), 4e9)
-    sizes = [M.param_count(M.largest_model_that_fits("qlora", g)) for g in ("T4", "A100-40GB", "A100-80GB")]
+    sizes = [A.param_count(M.largest_model_that_fits("qlora", g)) for g in ("T4", "A100-40GB", "A100-80GB")]
     assert sizes == sorted(sizes)
-    assert M.param_count(M.largest_model_that_fits("qlora", "T4")) > M.param_count(
+    assert A.param_count(M.largest_model_that_fits("qlora", "T4")) > A.param_count(
         M.largest_model_that_fits("full", "T4"))
     assert M.largest_model_that_fits("full", 1e6) is None
 
@@ -246,10 +236,10 @@ def test_16bit_autocast_step_meets_the_estimate_to_the_byte(method, checkpointin
     fp32 residual stream and MLP, autocast's copies of the adapters and of the fp32 head, one
     16-bit copy of LoRA A's input per target. (Dropout is left out: a CPU keeps float dropout
     masks where a GPU keeps bool ones. The same check on an H200 matched to the byte.)"""
-    from kit.train import LoraSettings, prepare_model
+    from kit.train import prepare_model
     model, _ = load_model("tiny-llama", quantization="nf4" if method == "qlora" else None,
                           dtype=torch.bfloat16)
-    model = prepare_model(model, method, LoraSettings(r=4, alpha=8, dropout=0.0),
+    model = prepare_model(model, method, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                           gradient_checkpointing=checkpointing)
     led = M.measure_step(model, batch_of(), adamw(model), autocast=torch.bfloat16)
     est = M.estimate(model.config, method, bits={"full": None, "lora": 16, "qlora": 4}[method], r=4,
@@ -259,3 +249,20 @@ def test_16bit_autocast_step_meets_the_estimate_to_the_byte(method, checkpointin
         assert row["measured"] == row["estimated"], row
     with pytest.raises(ValueError, match="autocast must be 'auto', None"):
         M.measure_step(model, batch_of(), adamw(model), autocast="bf16")
+
+
+def test_gpu_fit_answers_the_calculator():
+    """The computation behind notebook 06's calculator."""
+    t4 = M.gpu_fit("llama-2-7b", "qlora", 4, rank=8, gpu="T4")
+    assert t4["fits"] and t4["headroom_gb"] > 0
+    assert not M.gpu_fit("llama-2-7b", "full", 32, gpu="T4")["fits"]
+    bigger = M.gpu_fit("llama-2-7b", "qlora", 4, rank=64, gpu="T4")
+    assert bigger["trainable"] == 8 * t4["trainable"] and bigger["total_gb"] > t4["total_gb"]
+    h100 = M.gpu_fit("llama-2-7b", "qlora", 4, rank=8, gpu="H100")
+    assert h100["largest"]["qlora"]["params"] > t4["largest"]["qlora"]["params"]
+    longer = M.gpu_fit("llama-2-7b", "qlora", 4, seq_len=4096, gradient_checkpointing=False)
+    assert longer["estimate"]["activations"] > 8 * t4["estimate"]["activations"]
+    with pytest.raises(ValueError, match="bits"):
+        M.gpu_fit("llama-2-7b", "full", 4)
+    with pytest.raises(ValueError, match="gpu"):
+        M.gpu_fit("llama-2-7b", "qlora", 4, gpu="RTX-9090")

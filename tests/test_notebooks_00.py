@@ -1,20 +1,16 @@
 """00 · Setup, run headless with its smoke parameters; assertions on what it recorded."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "00_setup.ipynb"
+
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_setup_notebook_preflight(tmp_path):
-    outcome = execute_smoke(NB, tmp_path, smoke_parameters(NB))
-    assert outcome.ok, outcome.error
-    res = json.loads((tmp_path / "results" / "00_setup.json").read_text())
+    res = run_notebook("00_setup", tmp_path)
     assert "Paris" in res["answer"]
     assert res["parameters"] == 134_515_008
     assert res["device"]["compute_dtype"] in ("float32", "float16", "bfloat16")

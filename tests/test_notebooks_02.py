@@ -1,20 +1,16 @@
 """02 · LoRA from scratch, run headless with its smoke parameters; assertions on what it recorded."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "02_lora_from_scratch.ipynb"
+
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run02")
-    outcome = execute_smoke(NB, folder, smoke_parameters(NB))
-    assert outcome.ok, outcome.error
-    return folder, json.loads((folder / "results" / "02_lora_from_scratch.json").read_text())
+    return folder, run_notebook("02_lora_from_scratch", folder)
 
 
 @pytest.mark.notebook

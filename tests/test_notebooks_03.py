@@ -1,21 +1,18 @@
 """03 · LoRA in practice, run headless with its smoke parameters; assertions on what it recorded."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
+from kit.runner import NOTEBOOKS
+from kit.runner import smoke_parameters
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "03_lora_in_practice.ipynb"
+NB = NOTEBOOKS / "03_lora_in_practice.ipynb"
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run03")
-    params = smoke_parameters(NB)
-    outcome = execute_smoke(NB, folder, params)
-    assert outcome.ok, outcome.error
-    return folder, params, json.loads((folder / "results" / "03_lora_in_practice.json").read_text())
+    return folder, smoke_parameters(NB), run_notebook("03_lora_in_practice", folder)
 
 
 @pytest.mark.notebook

@@ -1,20 +1,16 @@
 """04 · Quantization, run headless with its smoke parameters; assertions on what it recorded."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "04_quantization.ipynb"
+
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_quantization_notebook(tmp_path):
-    outcome = execute_smoke(NB, tmp_path, smoke_parameters(NB))
-    assert outcome.ok, outcome.error
-    res = json.loads((tmp_path / "results" / "04_quantization.json").read_text())
+    res = run_notebook("04_quantization", tmp_path)
 
     # the kit's NF4 is bitsandbytes' NF4: same levels, same codes, same dequantized weights
     check = res["nf4_check"]
@@ -56,18 +52,3 @@ def test_quantization_notebook(tmp_path):
     assert rows["int2 (fake)"]["loss"] > rows["nf4"]["loss"] > rows["fp32"]["loss"] * 0.95
     for name in ("04_codebooks", "04_blocksize", "04_bits", "04_formats", "04_whole_model"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
-
-
-def test_bits_view_is_a_plain_function():
-    """The computation behind the "bits" slider, without a notebook."""
-    import torch
-    from kit.widgets import bits_view
-
-    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
-    views = [bits_view(w, b, blocksize=64, linear_params=1000, other_params=100) for b in range(2, 9)]
-    assert all(a["mse"] > b["mse"] for a, b in zip(views, views[1:]))
-    assert views[2]["bits_per_param"] == pytest.approx(4.5)
-    assert views[2]["memory_mb"]["int4"] == pytest.approx((1000 * 4.5 / 8 + 100 * 2) / 1e6)
-    assert views[0]["error_range"] == views[-1]["error_range"]      # the x axis stays put
-    with pytest.raises(ValueError, match="bits"):
-        bits_view(w, 9)

@@ -1,20 +1,16 @@
 """05 · QLoRA, run headless with its smoke parameters; assertions on what it recorded."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "05_qlora.ipynb"
+
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_qlora_notebook(tmp_path):
-    outcome = execute_smoke(NB, tmp_path, smoke_parameters(NB))
-    assert outcome.ok, outcome.error
-    res = json.loads((tmp_path / "results" / "05_qlora.json").read_text())
+    res = run_notebook("05_qlora", tmp_path)
 
     # the base is 4-bit, the adapters are not (the seed says QLoRA quantizes A and B: it does not)
     assert res["weights_by_dtype"]["uint8"] > 0 and res["quant_constants"] > 0

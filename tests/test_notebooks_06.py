@@ -3,22 +3,17 @@
 The first test runs the smoke parameters on the bundled model (its own short runs). The second
 runs the notebook twice on tiny-llama with another RANK and GPU and checks that the tables move
 with them: nothing in them is typed by hand."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "06_choosing_a_method.ipynb"
+
 NAME = "06_choosing_a_method"
 
 
 def run(folder, **overrides):
-    folder.mkdir(parents=True, exist_ok=True)
-    outcome = execute_smoke(NB, folder, {**smoke_parameters(NB), **overrides})
-    assert outcome.ok, outcome.error
-    return json.loads((folder / "results" / f"{NAME}.json").read_text())
+    return run_notebook(NAME, folder, **overrides)
 
 
 @pytest.mark.notebook
@@ -81,22 +76,3 @@ def test_tables_follow_rank_and_gpu(tmp_path):
     assert a["decision"] != b["decision"]
     est = lambda res: res["estimates"]["lora"]["weights"]
     assert est(b) > est(a)
-
-
-def test_memory_calculator_is_a_plain_function():
-    """The computation behind 06's calculator, without a notebook."""
-    from kit.widgets import memory_calculator
-
-    t4 = memory_calculator("llama-2-7b", "qlora", 4, rank=8, gpu="T4")
-    assert t4["fits"] and t4["headroom_gb"] > 0
-    assert not memory_calculator("llama-2-7b", "full", 32, gpu="T4")["fits"]
-    bigger = memory_calculator("llama-2-7b", "qlora", 4, rank=64, gpu="T4")
-    assert bigger["trainable"] == 8 * t4["trainable"] and bigger["total_gb"] > t4["total_gb"]
-    h100 = memory_calculator("llama-2-7b", "qlora", 4, rank=8, gpu="H100")
-    assert h100["largest"]["qlora"]["params"] > t4["largest"]["qlora"]["params"]
-    longer = memory_calculator("llama-2-7b", "qlora", 4, seq_len=4096, gradient_checkpointing=False)
-    assert longer["estimate"]["activations"] > 8 * t4["estimate"]["activations"]
-    with pytest.raises(ValueError, match="bits"):
-        memory_calculator("llama-2-7b", "full", 4)
-    with pytest.raises(ValueError, match="gpu"):
-        memory_calculator("llama-2-7b", "qlora", 4, gpu="RTX-9090")

@@ -2,14 +2,14 @@
 assertions on what it recorded: the resumed run is continuous and equal to the uninterrupted
 one, two processes trained on different data and ended with the same weights, and the per-GPU
 table behaves as DDP and FSDP do."""
-import json
-from pathlib import Path
 
 import pytest
 
-from kit.runner import execute_smoke, smoke_parameters
+from conftest import run_notebook
+from kit.runner import NOTEBOOKS
+from kit.runner import smoke_parameters
 
-NB = Path(__file__).resolve().parent.parent / "notebooks" / "07_scaling_out.ipynb"
+NB = NOTEBOOKS / "07_scaling_out.ipynb"
 NAME = "07_scaling_out"
 
 
@@ -17,9 +17,7 @@ NAME = "07_scaling_out"
 @pytest.mark.slow
 def test_scaling_out_notebook(tmp_path):
     params = smoke_parameters(NB)
-    outcome = execute_smoke(NB, tmp_path, params)
-    assert outcome.ok, outcome.error
-    res = json.loads((tmp_path / "results" / f"{NAME}.json").read_text())
+    res = run_notebook(NAME, tmp_path)
     steps = params["STEPS"]
 
     # 1. the command, stopped half-way and run again: one continuous history, exactly the

@@ -250,7 +250,21 @@ def test_bad_kind_and_bits():
         quantize(randn(8), "int8", blocksize="row")
     with pytest.raises(TypeError, match="w must be a non-empty floating-point"):
         quantize(torch.arange(8), "int8")
-    with pytest.raises(ValueError, match=r"target 'x_proj' matches no nn.Linear.*'q_proj'"):
+    with pytest.raises(ValueError, match=r"target 'x_proj' matches no module.*Linear modules available.*'q_proj'"):
         fake_quantize_model(tiny_llama(), "nf4", targets=["x_proj"])
     with pytest.raises(ValueError, match="kind must be one of"):
         fake_quantize_model(nn.Linear(4, 4), "int4")
+
+
+def test_bits_view_is_a_plain_function():
+    """The computation behind notebook 04's "bits" slider."""
+    from kit.quant import bits_view
+
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    views = [bits_view(w, b, blocksize=64, linear_params=1000, other_params=100) for b in range(2, 9)]
+    assert all(a["mse"] > b["mse"] for a, b in zip(views, views[1:]))
+    assert views[2]["bits_per_param"] == pytest.approx(4.5)
+    assert views[2]["memory_mb"]["int4"] == pytest.approx((1000 * 4.5 / 8 + 100 * 2) / 1e6)
+    assert views[0]["error_range"] == views[-1]["error_range"]      # the x axis stays put
+    with pytest.raises(ValueError, match="bits"):
+        bits_view(w, 9)

@@ -7,8 +7,8 @@ from datasets import Dataset, DatasetDict
 
 from kit.device import make_profile
 from kit.models import load_model
-from kit.train import (DEFAULT_LR, LoraSettings, TrainConfig, finetune, linear_names, lr_at,
-                       precision, prepare_model)
+from kit.arch import DEFAULT_LR
+from kit.train import TrainConfig, finetune, linear_names, lr_at, precision, prepare_model
 
 
 def doubling(n_train=8, n_val=4):
@@ -18,7 +18,8 @@ def doubling(n_train=8, n_val=4):
                         "validation": Dataset.from_list(rows[n_train:])})
 
 
-FAST = dict(steps=5, batch_size=2, warmup_steps=0, schedule="constant", eval_every=0, progress=False)
+FAST = dict(max_steps=5, per_device_train_batch_size=2, warmup_steps=0, lr_scheduler_type="constant_with_warmup",
+            eval_steps=0, disable_tqdm=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +44,16 @@ def test_loss_falls_and_history_is_recorded(method, quantization, lr):
     # is the same two (a random tiny model memorises, it does not generalise).
     two = doubling(n_train=2)["train"]
     data = DatasetDict({"train": two, "validation": two})
-    result = finetune(model, tok, data, method, lr=lr, dropout=0.0,
-                      **(FAST | {"eval_every": 5}))
+    result = finetune(model, tok, data, method, learning_rate=lr, lora_dropout=0.0,
+                      trace_batches=True, **(FAST | {"eval_steps": 5}))
     losses = result.history.losses
-    assert len(losses) == FAST["steps"] and all(math.isfinite(x) for x in losses)
+    assert len(losses) == FAST["max_steps"] and all(math.isfinite(x) for x in losses)
     # A random tiny model learns slowly through adapters (its frozen norms cap the logits),
     # so the bar is a clear, deterministic fall rather than a large one.
     assert sum(losses[-2:]) / 2 < losses[0] - 0.1, losses
     step = result.history.steps[-1]
     assert set(step) == {"step", "loss", "lr", "tokens", "tokens_per_s", "step_time", "memory", "batch_crc"}
-    assert step["step"] == FAST["steps"] and step["tokens"] > 0 and step["memory"] > 0
+    assert step["step"] == FAST["max_steps"] and step["tokens"] > 0 and step["memory"] > 0
     assert len({s["batch_crc"] for s in result.history.steps}) > 1  # a checksum of each step's data
     assert step["lr"] == pytest.approx(lr)
     assert result.history.memory_kind == "cpu_peak_rss"
@@ -69,8 +70,8 @@ def test_two_seeded_runs_give_identical_losses(tokenizer):
     runs = []
     for seed in (1, 1, 2):
         model, tok = load_model("tiny-llama")
-        cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, eval_every=0, progress=False, seed=seed,
-                          lora=LoraSettings(dropout=0.1))  # dropout: the seed covers it too
+        cfg = TrainConfig(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, eval_steps=0,
+                          disable_tqdm=True, seed=seed, lora_dropout=0.1)  # dropout: the seed covers it too
         runs.append(finetune(model, tok, data, "lora", cfg).history.losses)
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
@@ -78,18 +79,19 @@ def test_two_seeded_runs_give_identical_losses(tokenizer):
 
 def test_overrides_reach_the_adapter_config(tiny):
     model, tok = tiny
-    result = finetune(model, tok, doubling(), "lora", r=4, alpha=8, targets=["q_proj", "v_proj"],
-                      **(FAST | {"steps": 1}))
+    result = finetune(model, tok, doubling(), "lora", lora_r=4, lora_alpha=8,
+                      lora_target_modules=["q_proj", "v_proj"], **(FAST | {"max_steps": 1}))
     cfg = result.model.peft_config["default"]
     assert cfg.r == 4 and cfg.lora_alpha == 8 and set(cfg.target_modules) == {"q_proj", "v_proj"}
-    assert result.history.config["lr"] == DEFAULT_LR["lora"] == 2e-3
+    assert result.history.config["learning_rate"] == DEFAULT_LR["lora"] == 2e-3
+    assert "batch_crc" not in result.history.steps[0]   # the checksum only when asked for
 
 
 # ---------------------------------------------------------------------------- gradient checkpointing
 @pytest.mark.parametrize("quantization,method", [(None, "lora"), ("nf4", "qlora")])
 def test_gradient_checkpointing_with_lora_gives_adapter_gradients(quantization, method):
     model, _ = load_model("tiny-llama", quantization=quantization)
-    model = prepare_model(model, method, LoraSettings(dropout=0.0), gradient_checkpointing=True)
+    model = prepare_model(model, method, lora_dropout=0.0, gradient_checkpointing=True)
     assert model.get_base_model().is_gradient_checkpointing
     model.train()
     x = torch.randint(0, 1000, (2, 12))
@@ -108,7 +110,7 @@ def test_lr_schedule_warms_up_then_decays():
     assert 0 < lrs[-1] < 0.05
     linear = [lr_at(s, peak, 0, 10, "linear") for s in range(10)]
     assert linear[0] == 1.0 and linear[5] == pytest.approx(0.5)
-    assert lr_at(15, peak, warmup, total, "constant") == peak
+    assert lr_at(15, peak, warmup, total, "constant_with_warmup") == peak
 
 
 def test_precision_follows_the_device_policy():
@@ -126,15 +128,17 @@ def test_linear_names_lists_the_targets(tiny_shared):
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides,match", [
-    ({"r": 0}, r"r must be an integer >= 1.*r=8"),
-    ({"alpha": 0}, r"alpha must be a number > 0"),
-    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-    ({"targets": ["qkv"]}, r"targets must be .*'q_proj'.*unknown: \['qkv'\]"),
-    ({"steps": 0}, r"steps must be an integer >= 1"),
-    ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
-    ({"schedule": "step"}, r"schedule must be one of \('cosine', 'linear', 'constant'\)"),
-    ({"optimizer": "paged_adamw_8bit"}, r"paged_adamw_8bit.*needs a CUDA GPU.*optimizer='adamw'"),
-    ({"learning_rate": 1e-3}, r"Unknown setting\(s\) \['learning_rate'\].*'lr'"),
+    ({"lora_r": 0}, r"lora_r must be >= 1; got 0"),
+    ({"lora_r": 2.5}, r"lora_r must be a whole number; got 2.5"),
+    ({"lora_alpha": 0}, r"alpha \(lora_alpha\) must be a number > 0"),
+    ({"lora_dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+    ({"lora_target_modules": ["qkv"]}, r"target 'qkv' matches no module.*'q_proj'"),
+    ({"max_steps": 0}, r"max_steps must be >= 1"),
+    ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
+    ({"lr_scheduler_type": "step"}, r"lr_scheduler_type must be one of \['cosine', 'linear', 'constant_with_warmup'\]"),
+    ({"optim": "paged_adamw_8bit"}, r"paged_adamw_8bit.*needs a CUDA GPU.*optim='adamw_torch'"),
+    ({"optim": "lion"}, r"optim must be one of \['adamw_torch', 'adamw_8bit', 'paged_adamw_8bit', 'sgd'\]"),
+    ({"lr": 1e-3}, r"Unknown setting\(s\) \['lr'\].*'learning_rate'"),
 ])
 def test_bad_settings_are_refused_with_a_fix(tiny_shared, overrides, match):
     model, tok = tiny_shared
@@ -144,7 +148,7 @@ def test_bad_settings_are_refused_with_a_fix(tiny_shared, overrides, match):
 
 def test_unknown_method_and_empty_data_are_refused(tiny_shared):
     model, tok = tiny_shared
-    with pytest.raises(ValueError, match=r"method must be one of \('full', 'lora', 'qlora'\)"):
+    with pytest.raises(ValueError, match=r"method must be one of \['full', 'lora', 'qlora'\]"):
         finetune(model, tok, doubling(), "adapter", **FAST)
     empty = DatasetDict({"train": Dataset.from_list([{"prompt": "a", "response": "b"}]).select([])})
     with pytest.raises(ValueError, match=r"data\['train'\] is empty.*make_task"):
@@ -177,7 +181,8 @@ def test_lora_learns_the_dates_task_on_the_bundled_model(bundled):
     from kit.data import make_task
     model, tok = bundled
     data = make_task("dates", n_train=16, n_val=4, n_test=1)
-    result = finetune(model, tok, data, "lora", steps=4, batch_size=4, eval_every=0, progress=False)
+    result = finetune(model, tok, data, "lora", max_steps=4, per_device_train_batch_size=4, eval_steps=0,
+                      disable_tqdm=True)
     losses = result.history.losses  # FACTS: 0.92 -> 0.04 within 10 steps of batch 8
     assert losses[-1] < 0.6 * losses[0], losses
 
@@ -185,12 +190,12 @@ def test_lora_learns_the_dates_task_on_the_bundled_model(bundled):
 def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch):
     from kit.train import check_fits
     model, _ = tiny_shared
-    cfg = TrainConfig(batch_size=64)
+    cfg = TrainConfig(per_device_train_batch_size=64)
     check_fits(model, "lora", cfg, 512, make_profile("cpu"))  # CPUs: skipped
     t4 = make_profile("cuda", "Tesla T4", (7, 5), 15 * 2**30, bnb_backend="cuda")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (2**20, 15 * 2**30))  # 1 MiB free
-    with pytest.raises(ValueError, match=r"batch_size=64 at 512 tokens needs about .* GiB.*"
-                                         r"smaller batch_size.*gradient_checkpointing=True.*qlora"):
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size=64 at 512 tokens needs about .* GiB.*"
+                                         r"smaller batch.*gradient_checkpointing=True.*qlora"):
         check_fits(model, "lora", cfg, 512, t4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (14 * 2**30, 15 * 2**30))
-    check_fits(model, "lora", TrainConfig(batch_size=4), 512, t4)  # 4 x 512 fits in 14 GiB
+    check_fits(model, "lora", TrainConfig(per_device_train_batch_size=4), 512, t4)  # 4 x 512 fits in 14 GiB
