@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.kit-setup
 
-.PHONY: setup run quick test test-fast lab clean
+.PHONY: setup run quick study test test-fast lab clean
 
 setup: $(STAMP)
 
@@ -28,11 +28,14 @@ run: setup            ## the main job: every notebook, headless, into runs/<time
 quick: setup          ## the same with each notebook's smoke parameters (minutes)
 	$(BIN)/python -m kit run --quick
 
+study: setup          ## full vs LoRA vs QLoRA: rate sweeps, seeds, intervals, forgetting (resumable)
+	$(BIN)/python -m kit study
+
 test: setup           ## the whole test suite, notebooks and browser test included
 	$(BIN)/python -m pytest -q
 
-test-fast: setup      ## unit tests only, no notebooks, no browser
-	$(BIN)/python -m pytest -q -m "not notebook and not browser"
+test-fast: setup      ## unit tests only: no 135M model, no subprocesses, no notebooks, no browser (~2 min)
+	$(BIN)/python -m pytest -q -m "not slow and not notebook and not browser"
 
 lab: setup            ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

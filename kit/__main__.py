@@ -4,6 +4,7 @@
     device       print the device profile and dtype policy
     run          execute every notebook headless into runs/<timestamp>/ (make run)
     finetune     train from a recipe: --config cpu-lora [--knob value ...] (--help: every knob)
+    study        full vs LoRA vs QLoRA: learning-rate sweeps, seeds, intervals, forgetting
     gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
     sync-links   rewrite the Colab links of notebooks and README from pyproject's URL
 """
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sync-links", help="rewrite Colab links from pyproject's Repository URL")
     sub.add_parser("finetune", help="train from a YAML recipe (kit/recipes/); resumable; "
                    "python -m kit finetune --help lists every knob")
+    study = sub.add_parser("study", help="the comparison: learning-rate sweeps, seeds, intervals, "
+                           "forgetting (about 80 min on 2 CPU cores; resumable)")
+    study.add_argument("--smoke", action="store_true", help="tiny-llama, a few steps (under a minute)")
+    study.add_argument("--out", help="study folder (default runs/study; a finished run is skipped)")
     gpu = sub.add_parser("gpu-check", help="LoRA and QLoRA steps on the GPU vs the estimator")
     gpu.add_argument("--steps", type=int, default=5, help="optimizer steps per method (default 5)")
     gpu.add_argument("--model", default="smollm2-135m", help="model to check (default the bundled one)")
@@ -63,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0 if summary.ok else 1
+    if args.command == "study":
+        from kit import study
+        from kit.plots import study_figures
+        out = args.out or ("runs/study-smoke" if args.smoke else "runs/study")
+        try:
+            summary = study.run(study.SMOKE if args.smoke else study.StudyConfig(), out)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        study_figures(summary, f"{out}/figures")
+        print(study.report(summary))
+        print(f"written to {out}/study.json and {out}/figures/")
+        return 0
     if args.command == "gpu-check":
         from kit.gpu_check import main as gpu_main
         return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,

@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kit.checkpoint import read_json, read_tensors
+from kit.files import read_json, read_tensors
+from kit.train import is_4bit
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def _require_peft(model, what: str):
-    from peft import PeftModel
+    from peft import PeftModel  # slow to import (about 4 s): only when needed
     if not isinstance(model, PeftModel):
         raise ValueError(f"{what} needs a model with peft adapters (method='lora' or 'qlora'); got "
                          f"{type(model).__name__}. For full fine-tuning use save_full(model, path).")
@@ -57,7 +58,7 @@ def save_adapter(model, path, allow_untrained: bool = False) -> dict:
     "default" in a sub-folder of that name). Refuses an adapter with no tensors, and one
     whose lora_B are all zero (untrained: it changes nothing) unless allow_untrained=True.
     """
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # slow to import (about 4 s): only when needed
 
     _require_peft(model, "save_adapter")
     name = model.active_adapter
@@ -88,10 +89,10 @@ def load_adapter(base_model, path, adapter_name: str = "default", is_trainable: 
     base_model may be a plain model (a new peft model wraps it) or a peft model that
     already has adapters (this one is added under `adapter_name`; use set_adapter to
     switch). is_trainable=True to keep training it with finetune(). A truncated or corrupt
-    adapter file raises kit.checkpoint.DamagedFileError naming it, before peft reads it
+    adapter file raises kit.files.DamagedFileError naming it, before peft reads it
     (base_model is then left as it was).
     """
-    from peft import PeftModel, get_peft_model_state_dict
+    from peft import PeftModel, get_peft_model_state_dict  # slow to import (about 4 s): only when needed
 
     path = Path(path)
     if not (path / "adapter_config.json").exists() or not (path / ADAPTER_FILE).exists():
@@ -120,7 +121,7 @@ def load_adapter(base_model, path, adapter_name: str = "default", is_trainable: 
 
 def save_full(model, path, tokenizer=None) -> dict:
     """Save a fully fine-tuned (or merged) model as safetensors; returns file sizes."""
-    from peft import PeftModel
+    from peft import PeftModel  # slow to import (about 4 s): only when needed
     if isinstance(model, PeftModel):
         raise ValueError("save_full got a model with adapters: use save_adapter(model, path) for "
                          "the adapter alone (MBs), or merge(model).model then save_full.")
@@ -187,8 +188,6 @@ def merge(model, batch: dict | None = None) -> MergeResult:
     With a `batch`, info["max_logit_diff"] is the largest logit difference between the
     adapter model and the merged one on it.
     """
-    from kit.train import is_4bit
-
     _require_peft(model, "merge")
     reference = logits(model, batch) if batch is not None else None
     if is_4bit(model):
@@ -206,7 +205,7 @@ def merge(model, batch: dict | None = None) -> MergeResult:
 
 def dequantize(layer) -> torch.Tensor:
     """The weight (out, in) of a Linear or bitsandbytes Linear4bit, in fp32."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # optional (4-bit merges only)
     if isinstance(layer, bnb.nn.Linear4bit):
         return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
     if isinstance(layer, nn.Linear):
@@ -217,7 +216,7 @@ def dequantize(layer) -> torch.Tensor:
 
 def _dequantize_and_merge(peft_model) -> nn.Module:
     """A fresh fp32 copy of the base with every 4-bit weight dequantized and the adapter added."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # optional (4-bit merges only)
 
     base = peft_model.get_base_model()
     state = {}

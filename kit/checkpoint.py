@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from kit.files import DamagedFileError, damaged, read_json, read_tensors
 
 PREFIX = "checkpoint-"
 DAMAGED = "damaged-"  # a damaged checkpoint is renamed damaged-checkpoint-000040
@@ -44,114 +45,10 @@ DAMAGED = "damaged-"  # a damaged checkpoint is renamed damaged-checkpoint-00004
 # reporting, where checkpoints go and how many are kept). Every other setting must match.
 MAY_CHANGE = {"max_steps", "stop_after", "eval_steps", "save_steps", "save_total_limit", "disable_tqdm",
               "resume", "eval_examples", "output_dir", "device"}
-# What to do about a damaged file, by what it holds (the `what` of read_tensors).
-FIXES = {
-    "adapter": "Re-save it from the trained model (save_adapter(model, path)), or copy it again "
-               "from where it was saved.",
-    "checkpoint": "Resuming skips a damaged checkpoint and starts from an older intact one; if "
-                  "none is left, delete the checkpoint folder to start the run afresh.",
-    "model": "Save the model again (save_full(model, path)), or copy the folder again; for a "
-             "model in the kit's cache, delete its folder and load_model builds it again.",
-    "file": "Write it again, or copy it again from where it came from.",
-}
 # What state.json must hold ("a.b": key b inside a) and of which type.
 STATE_FIELDS = {"step": int, "history": dict, "history.steps": list, "history.evals": list,
                 "settings": dict, "optimizer": dict, "optimizer.scalars": dict,
                 "optimizer.param_groups": list, "scaler": dict}
-
-
-# ---------------------------------------------------------------------------- damaged files
-class DamagedFileError(ValueError):
-    """A saved file is missing, truncated or corrupt. The message names the file and the fix;
-    .path is the file (or folder), .reason what is wrong with it."""
-
-    def __init__(self, message: str, path=None, reason: str | None = None):
-        super().__init__(message)
-        self.path, self.reason = path, reason
-
-
-def _damaged(path, reason: str, what: str) -> DamagedFileError:
-    """The error for a damaged file holding `what` ("adapter", "checkpoint", "model", ...)."""
-    fix = FIXES.get(what, FIXES["file"])
-    return DamagedFileError(f"The {what} file {str(path)!r} is damaged: {reason}. {fix}", path, reason)
-
-
-def _diagnose(path: Path) -> str | None:
-    """What is wrong with a safetensors file, in words; None if the sizes look right."""
-    if not path.is_file():
-        return "it does not exist" if not path.exists() else "it is not a file"
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return f"it is {size} bytes long, too short for even the 8-byte header length (truncated)"
-        n = int.from_bytes(head, "little")
-        if n > size - 8:
-            return (f"its header length says {n:,} bytes but only {size - 8:,} follow (truncated, "
-                    "or not a safetensors file)")
-        try:
-            header = json.loads(f.read(n))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
-                      default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return "its header is not valid safetensors JSON (corrupt, or not a safetensors file)"
-    expected = 8 + n + end
-    if size < expected:
-        return (f"it has {size:,} bytes where its header describes {expected:,} (truncated: a save "
-                "or copy that stopped early)")
-    if size > expected:
-        return f"it has {size:,} bytes where its header describes {expected:,} (extra bytes: corrupt)"
-    return None
-
-
-def check_tensors(path, what: str = "file") -> None:
-    """Check that `path` is a complete safetensors file, reading only its header (cheap);
-    raise DamagedFileError naming the file and the fix if not. what: "adapter",
-    "checkpoint", "model", ... (what the file holds: it chooses the fix)."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), "pt"):  # parses the header, checks it covers the whole file
-            pass
-    except (OSError, SafetensorError) as e:
-        raise _damaged(path, _diagnose(path) or str(e), what) from e
-
-
-def read_tensors(path, what: str = "file") -> dict[str, torch.Tensor]:
-    """All tensors of the safetensors file `path` (on the CPU), by name. A missing,
-    truncated or corrupt file raises DamagedFileError naming the file and the fix
-    (what: "adapter", "checkpoint", "model", ...: what the file holds)."""
-    path = Path(path)
-    try:
-        return load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise _damaged(path, _diagnose(path) or str(e), what) from e
-
-
-def _field(d: dict, dotted: str):
-    for key in dotted.split("."):
-        d = d.get(key) if isinstance(d, dict) else None
-    return d
-
-
-def read_json(path, what: str = "file", fields: dict | None = None) -> dict:
-    """The JSON object in `path`, with `fields` ({"a.b": type}) present and of that type;
-    DamagedFileError (naming the file) if it is missing, invalid JSON or lacks a field."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise _damaged(path, f"it cannot be read ({e.strerror or e})", what) from e
-    except ValueError as e:  # invalid JSON or not UTF-8
-        raise _damaged(path, f"it is not valid JSON ({e})", what) from e
-    if not isinstance(data, dict):
-        raise _damaged(path, f"it holds a JSON {type(data).__name__}, not an object", what)
-    wrong = []
-    for key, kind in (fields or {}).items():  # "history.steps" is not named again if "history" is
-        if not isinstance(_field(data, key), kind) and key.split(".")[0] not in wrong:
-            wrong.append(key)
-    if wrong:
-        raise _damaged(path, f"it lacks {', '.join(wrong)} (or they have the wrong type)", what)
-    return data
 
 
 # ---------------------------------------------------------------------------- saving
@@ -261,7 +158,7 @@ def read(path) -> Saved:
     trainable, optimizer, rng = (read_tensors(path / f"{name}.safetensors", "checkpoint")
                                  for name in ("trainable", "optimizer", "rng"))
     if "cpu" not in rng or rng["cpu"].shape != torch.get_rng_state().shape:
-        raise _damaged(path / "rng.safetensors", "it holds no CPU random state", "checkpoint")
+        raise damaged(path / "rng.safetensors", "it holds no CPU random state", "checkpoint")
     return Saved(path, state, trainable, optimizer, rng)
 
 

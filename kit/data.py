@@ -245,6 +245,42 @@ RETENTION_PROBE: list[tuple[str, str]] = [
 ]
 
 
+# General prompts for forgetting measured without generation noise (kit.evaluate.divergence):
+# the base model answers each once, greedily; a fine-tuned model is then scored, token by
+# token, on those same answers. Whether the base's answer is right does not matter: the
+# measure is how far the model's next-token distributions moved away from the base's.
+_COUNTRIES = ["Portugal", "Spain", "Italy", "Sweden", "Finland", "Denmark", "Hungary", "Turkey",
+              "Argentina", "Chile", "Peru", "Colombia", "Nigeria", "Ghana", "Morocco", "Vietnam",
+              "Thailand", "Indonesia", "the Philippines", "New Zealand"]
+_WORDS = ["happy", "fast", "big", "cold", "bright", "quiet", "strong", "old", "early", "rich"]
+_THINGS = ["a river", "a library", "a bicycle", "a thunderstorm", "a volcano", "a violin",
+           "a lighthouse", "a desert", "a beehive", "a glacier"]
+_TOPICS = ["why the sky is blue", "how a rainbow forms", "what a vaccine does", "how bees make honey",
+           "why we have seasons", "what gravity is", "how a compass works", "why leaves change colour",
+           "what an atom is", "how plants drink water"]
+GENERAL_PROMPTS: list[str] = (
+    [f"What is the capital of {c}?" for c in _COUNTRIES]
+    + [f"Give a word that means the same as '{w}'." for w in _WORDS]
+    + [f"What is the opposite of '{w}'?" for w in _WORDS]
+    + [f"Describe {t} in one sentence." for t in _THINGS]
+    + [f"Explain {t} in two sentences." for t in _TOPICS]
+    + [f"What is {a} plus {b}?" for a, b in zip(range(12, 72, 6), range(7, 97, 9))]
+    + [f"Name an animal that lives in {p}." for p in ("the ocean", "the jungle", "the Arctic",
+                                                       "the desert", "a river", "the mountains",
+                                                       "a forest", "a city", "the savanna", "a cave")]
+    + [f"Write a short sentence about {x}." for x in ("breakfast", "friendship", "the moon", "winter",
+                                                       "music", "a long journey", "rain", "a garden",
+                                                       "the internet", "a birthday")]
+    + [f"Which is heavier, {a} or {b}?" for a, b in (("a feather", "a brick"), ("a car", "a bicycle"),
+                                                      ("an elephant", "a mouse"), ("a cup", "a table"),
+                                                      ("a coin", "a book"), ("a whale", "a dolphin"),
+                                                      ("an apple", "a watermelon"), ("a pencil", "a chair"),
+                                                      ("a cat", "a horse"), ("a leaf", "a stone"))]
+    + [f"Translate the word '{w}' into French." for w in ("house", "water", "friend", "book", "tree",
+                                                           "sun", "bread", "dog", "school", "city")]
+)  # 110 prompts
+
+
 # =============================================================================== your data
 # Your file is read by `datasets.load_dataset` (the "json" or "csv" builder), so it gets
 # the library's parsers and its cache; the split is the library's seeded

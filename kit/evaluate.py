@@ -16,9 +16,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
-from kit.data import (IGNORE_INDEX, RETENTION_PROBE, chat_prompt, collate, end_of_turn,
+from kit.data import (GENERAL_PROMPTS, IGNORE_INDEX, RETENTION_PROBE, chat_prompt, collate, end_of_turn,
                       pad_token_id)
 
 JSON_TASKS = ("extract",)
@@ -169,3 +169,94 @@ def retention(model, tokenizer, probe: list[tuple[str, str]] = RETENTION_PROBE,
     correct = len(probe) - len(failures)
     return {"score": correct / len(probe), "correct": correct, "total": len(probe),
             "failures": failures}
+
+
+# =============================================================================== forgetting
+def reference_answers(base, tokenizer, prompts: list[str] = GENERAL_PROMPTS,
+                      max_new_tokens: int = 32, batch_size: int = 25) -> Dataset:
+    """The base model's own greedy answers to general prompts, as a prompt/response Dataset:
+    what `divergence` scores a fine-tuned model against (generated once, before training)."""
+    answers = generate(base, tokenizer, list(prompts), max_new_tokens=max_new_tokens,
+                       batch_size=batch_size)
+    return Dataset.from_dict({"prompt": list(prompts), "response": answers})  # "" is an answer too:
+    # the end-of-turn token right away
+
+
+def _answer_batches(tokenized, pad_token_id: int, batch_size: int, device):
+    """The tokenized rows in collated batches, with the mask of answer positions: position t
+    predicts token t+1, so the mask and targets are the labels shifted by one."""
+    if "labels" not in getattr(tokenized, "column_names", []):
+        raise ValueError("divergence needs tokenized data (with labels); call "
+                         "kit.data.tokenize(reference_answers(...), tokenizer) first.")
+    cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
+    rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size], pad_token_id).items()}
+        labels = batch["labels"][:, 1:]
+        yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, \
+            labels != IGNORE_INDEX, labels
+
+
+@torch.no_grad()
+def _log_probs(model, inputs: dict, mask) -> torch.Tensor:
+    """log-softmax of the model's next-token logits at the answer positions: (n, V), fp32."""
+    return F.log_softmax(model(**inputs).logits[:, :-1].float(), -1)[mask]
+
+
+@torch.no_grad()
+def reference_log_probs(reference, tokenized, pad_token_id: int, batch_size: int = 16) -> list:
+    """The reference's next-token log-probabilities on every answer token, batch by batch: pass
+    the list to `divergence` as its reference to score many models without running the
+    reference again (about 4 bytes x vocabulary per answer token)."""
+    was_training = reference.training
+    reference.eval()
+    try:
+        return [_log_probs(reference, inputs, mask).cpu()
+                for inputs, mask, _ in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
+    finally:
+        reference.train(was_training)
+
+
+@torch.no_grad()
+def divergence(model, reference, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """Forgetting without generation noise. Both models read the same sequences (the general
+    prompts and the reference's own answers, teacher-forced); on every answer token we compare
+    their next-token distributions p (reference) and q (model):
+
+        kl  = mean over answer tokens of KL(p || q) = sum_v p_v (log p_v - log q_v)   (nats)
+        nll = mean over answer tokens of -log q(the reference's token)   (the model's loss on
+              the reference's answers; the reference's own nll is its floor)
+
+    Both are 0 / the floor for the reference itself, and grow as the model's weights move away.
+    reference: a model; None for a peft model, whose adapters switched off (exactly its base)
+    are then the reference; or the list `reference_log_probs` returned for the same data.
+    -> {"kl", "nll", "reference_nll", "tokens"}"""
+    if reference is None and not hasattr(model, "disable_adapter"):
+        raise ValueError("reference=None needs a peft model (its adapters switched off are the "
+                         "reference); for a fully fine-tuned model pass the base model.")
+    cached = reference if isinstance(reference, list) else None
+    if cached is None and reference is not None:
+        cached = reference_log_probs(reference, tokenized, pad_token_id, batch_size)
+    was_training = model.training
+    model.eval()
+    kl = nll = ref_nll = 0.0
+    tokens = 0
+    try:
+        for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
+                                                                   _device(model))):
+            log_q = _log_probs(model, inputs, mask)                                   # (n, V)
+            if cached is not None:
+                log_p = cached[i].to(log_q.device)
+            else:
+                with model.disable_adapter():
+                    log_p = _log_probs(model, inputs, mask)
+            target = labels[mask][:, None]                                            # (n, 1)
+            kl += (log_p.exp() * (log_p - log_q)).sum().item()
+            nll -= log_q.gather(1, target).sum().item()
+            ref_nll -= log_p.gather(1, target).sum().item()
+            tokens += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("No answer tokens to score (every label is -100).")
+    return {"kl": kl / tokens, "nll": nll / tokens, "reference_nll": ref_nll / tokens, "tokens": tokens}

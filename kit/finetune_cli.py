@@ -142,7 +142,7 @@ def run(recipe: dict) -> dict:
     try:
         result = finetune(model, tokenizer, data, recipe["method"], config,
                           checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
-                          trace_batches=world > 1)
+                          trace_batches=True)  # history.json: which data each step saw
     except KeyboardInterrupt:
         say(f"\ninterrupted: the finished steps are checkpointed in {folder / 'checkpoints'}; "
             "run the same command to resume.")

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
 
 import torch
+import transformers  # a lazy module: the model classes load on first use
+from huggingface_hub import try_to_load_from_cache
 
 from kit.arch import MODELS, resolve_arch
-from kit.checkpoint import check_tensors
+from kit.files import check_tensors
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
 
 
@@ -48,21 +51,19 @@ def ensure_bundled(verbose: bool = True) -> Path:
     folder = cache_dir() / "smollm2-135m"
     if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
         return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # one line of our own instead of three progress bars
+    transformers.utils.logging.disable_progress_bar()  # one line of our own instead of three progress bars
     gguf = bundled_gguf()
     if verbose:
         print(f"Converting {gguf.name} into {folder} (once, about 30 s) ...", flush=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                       dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; a fresh model with the same weights does not.
     config = gguf_model.config
     config.quantization_config = None
     del config.quantization_config
-    fresh = LlamaForCausalLM(config)
+    fresh = transformers.LlamaForCausalLM(config)
     fresh.load_state_dict(gguf_model.state_dict())
     fresh.generation_config.pad_token_id = tok.pad_token_id or tok.eos_token_id
     _publish(fresh, tok, folder)
@@ -72,7 +73,6 @@ def ensure_bundled(verbose: bool = True) -> Path:
 def _publish(model, tokenizer, folder: Path) -> None:
     """Save model and tokenizer beside `folder`, then move them into place: a run stopped
     half-way never leaves a folder that looks complete."""
-    import shutil
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
@@ -87,16 +87,15 @@ def ensure_tiny(seed: int = 0) -> Path:
     folder = cache_dir() / "tiny-llama"
     if (folder / "model.safetensors").exists():
         return folder
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(ensure_bundled())
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+    tok = transformers.AutoTokenizer.from_pretrained(ensure_bundled())
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, tie_word_embeddings=True,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = transformers.LlamaForCausalLM(config)
     _publish(model, tok, folder)
     return folder
 
@@ -111,7 +110,6 @@ def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> P
     what it generates is noise. It measures a 7B on a GPU without downloading one
     (`python -m kit gpu-check --recipe t4-qlora-7b --random-weights`); a 7B takes 15 GB
     of disk in bf16. Built on the GPU when there is one (seconds), else on the CPU."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     a = resolve_arch(arch)
     if a.num_experts > 1:
@@ -122,11 +120,11 @@ def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> P
     folder = cache_dir() / f"random-{a.name}"
     if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
         return folder
-    tok = AutoTokenizer.from_pretrained(ensure_bundled())
+    tok = transformers.AutoTokenizer.from_pretrained(ensure_bundled())
     if a.vocab_size < len(tok):
         raise ValueError(f"arch: vocab_size {a.vocab_size} is smaller than the bundled tokenizer's "
                          f"{len(tok)}; give the Arch vocab_size >= {len(tok)}.")
-    config = LlamaConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+    config = transformers.LlamaConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size,
                          intermediate_size=a.intermediate_size, num_hidden_layers=a.num_hidden_layers,
                          num_attention_heads=a.num_attention_heads,
                          num_key_value_heads=a.num_key_value_heads, head_dim=a.hd,
@@ -138,7 +136,7 @@ def ensure_random(arch, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> P
     torch.set_default_dtype(dtype)  # build in 16 bits: a 7B in fp32 would need 30 GB first
     try:
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlamaForCausalLM(config)
+            model = transformers.LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(before)
     _publish(model, tok, folder)
@@ -207,7 +205,6 @@ def resolve(name: str, source: str = "auto") -> str:
 
 def _in_hf_cache(hub_id: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
         return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
     except Exception:
         return False
@@ -230,10 +227,9 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype,
                          "Use 'nf4' for QLoRA, 'int8' for an 8-bit base, None for no quantization.")
     if quantization is None:
         return None
-    from transformers import BitsAndBytesConfig
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
                               bnb_4bit_use_double_quant=double_quant,
                               bnb_4bit_compute_dtype=compute_dtype,
                               bnb_4bit_quant_storage=quant_storage or torch.uint8)
@@ -255,9 +251,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
     quant_storage: 4-bit only: the dtype the codes are packed into (None = uint8); FSDP
                   needs the model's 16-bit dtype (`python -m kit finetune` sets it there).
     A local folder whose safetensors files are truncated or corrupt raises
-    kit.checkpoint.DamagedFileError naming the file (only the headers are read to check).
+    kit.files.DamagedFileError naming the file (only the headers are read to check).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prof = device_profile or read_profile()
     if quantization not in QUANTIZATIONS:
@@ -276,10 +271,10 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         kwargs["device_map"] = {"": 0} if prof.device == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconf is None and prof.device != "cpu":
         model.to(prof.device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
+
+from kit.device import profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +28,9 @@ def run_dir(value: str = "") -> Path:
 
 def hardware() -> str:
     """One line naming the machine, for every reported number."""
-    from kit.device import profile
     p = profile()
     if p.device == "cuda":
         return f"{p.name} (CUDA {p.capability[0]}.{p.capability[1]}, {p.total_memory / 1e9:.0f} GB)"
-    import os
     return f"CPU {platform.machine()} x{os.cpu_count()} cores, {p.dtype_name}"
 
 

@@ -4,6 +4,8 @@ kit.notebook.save_figure. Nothing in the engine imports this module.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -619,3 +621,86 @@ def per_gpu_breakdown(parts: dict, gpu_lines: dict, title: str = ""):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ============================================================================ the study (python -m kit study; notebook 06)
+METHOD_COLORS = SCALING_COLORS
+
+
+def study_lr_curves(summary: dict, title: str = ""):
+    """Validation loss against learning rate, one curve per method (the sweep, seed 0): the
+    lowest validation loss of each run (solid) and its last one (dashed); the chosen rate
+    marked. From kit.study's summary["methods"][m]["sweep"]."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, info in summary["methods"].items():
+        rows = [r for r in info["sweep"] if r["best_val"] is not None]
+        color = METHOD_COLORS.get(m, "tab:gray")
+        ax.plot([r["lr"] for r in rows], [r["best_val"] for r in rows], "o-", color=color,
+                label=f"{m}: best rate {info['chosen_lr']:.2g}")
+        ax.plot([r["lr"] for r in rows], [r["last_val"] for r in rows], "--", color=color, alpha=0.5)
+        best = next(r for r in rows if r["lr"] == info["chosen_lr"])
+        ax.plot([best["lr"]], [best["best_val"]], "*", ms=16, color=color, mec="black")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("validation loss (solid: lowest, dashed: last)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Learning-rate sweeps", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def study_learning_forgetting(summary: dict, when: str = "best", title: str = ""):
+    """Accuracy against forgetting, a point per chosen-rate run (a marker per seed), colour per
+    method, with each run's 95% interval on accuracy; the bases at zero forgetting."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    markers = "os^Dv"
+    for m, info in summary["methods"].items():
+        color = METHOD_COLORS.get(m, "tab:gray")
+        for i, r in enumerate(info[when]["per_seed"]):
+            lo, hi = r["interval"]
+            ax.errorbar([r["kl"]], [r["accuracy"]], yerr=[[r["accuracy"] - lo], [hi - r["accuracy"]]],
+                        fmt=markers[i % len(markers)], color=color, capsize=3,
+                        label=m if i == 0 else None)
+    base = summary["base"]["fp32"]
+    ax.errorbar([0], [base["accuracy"]], fmt="k*", ms=10, label="base model")
+    ax.set_xlabel("forgetting: KL(base || model) per answer token, general prompts (nats)")
+    ax.set_ylabel("exact match on the test items")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"Learning against forgetting ({when}-validation step; markers = seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def study_loss_bands(summary: dict, title: str = ""):
+    """Validation loss against step at each method's chosen rate: the mean over seeds and a band
+    from the lowest to the highest seed."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, info in summary["methods"].items():
+        color = METHOD_COLORS.get(m, "tab:gray")
+        curves = [c["evals"] for c in info["curves"]]
+        steps = [e["step"] for e in curves[0]]
+        vals = np.array([[e["val_loss"] for e in c] for c in curves])      # (seeds, evals)
+        ax.plot(steps, vals.mean(0), "o-", color=color, ms=3,
+                label=f"{m} at {info['chosen_lr']:.2g} ({len(curves)} seeds)")
+        ax.fill_between(steps, vals.min(0), vals.max(0), color=color, alpha=0.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation loss")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Validation loss at the chosen rates (band: across seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def study_figures(summary: dict, folder) -> dict:
+    """The three study figures saved as PNG in `folder`; -> {name: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sub = f"\n{summary.get('hardware', '')}"
+    paths = {}
+    for name, fig in (("study_lr_curves", study_lr_curves(summary, "Learning-rate sweeps" + sub)),
+                      ("study_learning_forgetting", study_learning_forgetting(summary)),
+                      ("study_loss_bands", study_loss_bands(summary))):
+        paths[name] = folder / f"{name}.png"
+        fig.savefig(paths[name], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    return paths

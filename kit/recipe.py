@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from kit.arch import MODELS, resolve_arch
+from kit.arch import METHOD_NAMES, MODELS, resolve_arch
 from kit.data import TASKS
 from kit.device import bnb_error, profile
+from kit.lora import check_hparams
 from kit.memory import estimate
 from kit.models import resolve
 from kit.train import TrainConfig, check_value, knob
@@ -44,7 +45,7 @@ class RunKnobs:
     method: str = knob("lora", "full: every weight trains (16 bytes per parameter with AdamW); lora: "
                        "small adapters on a frozen base; qlora: the same adapters on a 4-bit base. "
                        "LoRA first; QLoRA when the 16-bit base does not fit; full when adapters "
-                       "plateau and memory allows.", ("full", "lora", "qlora"))
+                       "plateau and memory allows.", METHOD_NAMES)
     quantization: str = knob("auto", "how the frozen base is stored: auto (nf4 for qlora, none "
                              "otherwise), none, nf4 (the QLoRA paper's 4-bit type) or fp4. Only the "
                              "base is quantized; the adapters always train in 16/32 bit.",
@@ -268,6 +269,10 @@ def check(recipe: dict) -> dict:
     if r["data_file"] and not Path(r["data_file"]).expanduser().is_file():
         raise RecipeError(f"data_file {r['data_file']!r} is not a file. Give the path of a .jsonl, "
                           ".json, .csv or .tsv file with prompt and response columns.")
+    try:
+        check_hparams(r["lora_r"], r["lora_alpha"], r["lora_dropout"])
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
     try:
         resolve(r["model"])  # a hub id offline, or an unknown name, fails here, before loading
     except ValueError as e:

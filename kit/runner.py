@@ -119,7 +119,7 @@ def execute_smoke(path: Path, folder: Path, parameters: dict) -> Outcome:
 
 
 def _execute_once(path: Path, folder: Path, parameters: dict, cell_timeout: float | None) -> Outcome:
-    import papermill as pm
+    import papermill as pm  # the notebooks extra: pip install "finetune-kit[notebooks]"
     from papermill.exceptions import PapermillExecutionError
 
     start = time.time()

@@ -285,7 +285,10 @@ def make_optimizer(params: list, name: str, lr: float, weight_decay: float):
         import bitsandbytes as bnb  # optional, CUDA only (checked in check_config)
         kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
         return kind(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # fused: one kernel for the whole update (on a CPU, 0.12 s instead of 0.7 s per step for
+    # 135M parameters); the same update rule as the default implementation, rounded differently
+    fused = params[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def precision(prof: DeviceProfile) -> dict:
@@ -422,21 +425,64 @@ class Checkpoints:
             self.save()
 
 
-# ---------------------------------------------------------------------------- the loop
-def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
-             config: TrainConfig | None = None, *, checkpoint_dir=None, accelerator=None,
-             on_step=None, trace_batches: bool = False, **overrides) -> FinetuneResult:
-    """Fine-tune `model` on `data` (prompt/response DatasetDict, or already tokenized).
+# ---------------------------------------------------------------------------- setting up a run
+@dataclass
+class Run:
+    """Everything the loop needs, made ready by `start_run`; `record` and `evaluate` are the
+    loop's bookkeeping."""
+    config: TrainConfig
+    model: nn.Module            # what computes the loss (wrapped for several processes)
+    inner: nn.Module            # the model itself (what is saved and returned)
+    params: list                # the parameters that train
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16 only: scales the loss so small gradients do not underflow
+    autocast: object            # context factory for the forward pass (16-bit on a GPU)
+    batches: object             # an endless seeded stream of this process's batches
+    val_set: object             # tokenized validation split, or None
+    pad_id: int
+    lr: float                   # peak learning rate
+    warmup: int
+    start: int                  # first step to run (> 0 when resumed)
+    end: int                    # last step of this run (stop_after may end it early)
+    history: History
+    checkpoints: Checkpoints
+    processes: Processes
+    prof: DeviceProfile
+    on_eval: object = None      # called as on_eval(step, val_loss, model) after each evaluation
 
-    method:    "full" | "lora" | "qlora" (a 4-bit base from load_model(..., quantization="nf4")).
-    config:    a TrainConfig; keyword overrides win: finetune(m, tok, data, max_steps=10, lora_r=4).
-    A model that already has peft adapters keeps training them (method "lora"/"qlora").
-    checkpoint_dir: write checkpoints there and resume from the newest one (class Checkpoints).
-    accelerator: an `accelerate.Accelerator` when several processes train together (class Processes).
-    on_step:     called with each step's record (a dict) after the step.
-    trace_batches: record a checksum of each step's token ids ("batch_crc"): which data it saw.
-    """
-    config = with_overrides(config, overrides)
+    @property
+    def device(self):
+        return self.params[0].device
+
+    def evaluate(self, step: int) -> None:
+        """Validation loss (eval mode, no gradients) into the history."""
+        if self.val_set is not None and self.config.eval_steps:
+            self.inner.eval()
+            loss = validation_loss(self.inner, self.val_set, self.pad_id,
+                                   self.config.per_device_train_batch_size)["loss"]
+            self.history.evals.append({"step": step, "val_loss": loss})
+            if self.on_eval is not None:
+                self.on_eval(step, loss, self.inner)
+            self.inner.train()
+
+    def record(self, step: int, loss: float, lr: float, tokens: int, t0: float, crc=None) -> dict:
+        """Step `step` is done: its record (several processes: the mean loss, all tokens)."""
+        if self.prof.device == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        loss, tokens = self.processes.mean_loss_and_tokens(loss, tokens, self.device)
+        memory, self.history.memory_kind = peak_memory(self.prof)
+        record = {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / dt,
+                  "step_time": dt, "memory": memory} | ({"batch_crc": crc} if crc is not None else {})
+        self.history.steps.append(record)
+        self.checkpoints.finished(step)
+        return record
+
+
+def start_run(model: nn.Module, tokenizer, data, method: str, config: TrainConfig,
+              checkpoint_dir=None, accelerator=None) -> Run:
+    """Check the settings, tokenize the data, decide what trains, build the optimizer, and
+    resume from the newest checkpoint in `checkpoint_dir` if there is one."""
     check_config(method, config)
     prof = read_profile()
     amp = precision(prof)
@@ -444,11 +490,10 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
         else contextlib.nullcontext
     lr = config.learning_rate or DEFAULT_LR[method]
     warmup = config.warmup_steps if config.warmup_steps is not None else config.max_steps // 10
-    accum, pad_id = config.gradient_accumulation_steps, pad_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     train_set, val_set = tokenized_splits(data, tokenizer, config.max_length)  # loss on answers only
 
-    # ---- model: choose what trains (seeded: the adapters' initialisation is reproducible)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # before the adapters are made: their initialisation is seeded
     if not (hasattr(model, "peft_config") and method != "full"):  # a peft model keeps its adapters
         model = prepare_model(model, method, config)
     check_fits(model, method, config, max(len(ids) for ids in train_set["input_ids"]), prof)
@@ -458,9 +503,8 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
     if not params:
         raise ValueError("The model has no trainable parameters. A loaded adapter must be loaded "
                          "with load_adapter(..., is_trainable=True) to train it further.")
-    device = params[0].device
     optimizer = make_optimizer(params, config.optim, lr, config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp["grad_scaling"])  # fp16 only: no underflow
+    scaler = torch.amp.GradScaler("cuda", enabled=amp["grad_scaling"])
     history = History(method=method, config=dataclasses.asdict(config) | {"learning_rate": lr,
                                                                           "warmup_steps": warmup})
     ckpt = Checkpoints(checkpoint_dir, inner, optimizer, scaler, history,
@@ -468,69 +512,77 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                        config.save_total_limit, procs)
     start = ckpt.resume()
     stream = batches(train_set, config.per_device_train_batch_size, pad_id, seed=config.seed,
-                     start=start * accum, shard=(procs.rank, procs.world))
+                     start=start * config.gradient_accumulation_steps, shard=(procs.rank, procs.world))
     end = min(config.max_steps, start + config.stop_after) if config.stop_after else config.max_steps
-
-    def evaluate(step):
-        if val_set is not None and config.eval_steps:
-            inner.eval()
-            loss = validation_loss(inner, val_set, pad_id, config.per_device_train_batch_size)["loss"]
-            history.evals.append({"step": step, "val_loss": loss})
-            inner.train()
-
     if prof.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    return Run(config, model, inner, params, optimizer, scaler, autocast, stream, val_set, pad_id,
+               lr, warmup, start, end, history, ckpt, procs, prof)
+
+
+# ---------------------------------------------------------------------------- the loop
+def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
+             config: TrainConfig | None = None, *, checkpoint_dir=None, accelerator=None,
+             on_step=None, on_eval=None, trace_batches: bool = False, **overrides) -> FinetuneResult:
+    """Fine-tune `model` on `data` (prompt/response DatasetDict, or already tokenized).
+
+    method:    "full" | "lora" | "qlora" (a 4-bit base from load_model(..., quantization="nf4")).
+    config:    a TrainConfig; keyword overrides win: finetune(m, tok, data, max_steps=10, lora_r=4).
+    A model that already has peft adapters keeps training them (method "lora"/"qlora").
+    checkpoint_dir: write checkpoints there and resume from the newest one (class Checkpoints).
+    accelerator: an `accelerate.Accelerator` when several processes train together (class Processes).
+    on_step:     called with each step's record (a dict) after the step.
+    on_eval:     called as on_eval(step, val_loss, model) after each validation loss (keep the
+                 best step's weights, say: kit.study does).
+    trace_batches: record a checksum of each step's token ids ("batch_crc"): which data it saw.
+    """
+    run = start_run(model, tokenizer, data, method, with_overrides(config, overrides),
+                    checkpoint_dir, accelerator)
+    run.on_eval = on_eval
+    cfg, model, optimizer, scaler = run.config, run.model, run.optimizer, run.scaler
+    accum = cfg.gradient_accumulation_steps
     model.train()
-    if start == 0:
-        evaluate(0)
-    bar = tqdm(range(start, end), initial=start, total=config.max_steps, desc=f"{method} fine-tuning",
-               disable=config.disable_tqdm or not procs.main)
-    with ckpt.on_interrupt(start):
+    if run.start == 0:
+        run.evaluate(0)
+    bar = tqdm(range(run.start, run.end), initial=run.start, total=cfg.max_steps,
+               desc=f"{method} fine-tuning", disable=cfg.disable_tqdm or not run.processes.main)
+    with run.checkpoints.on_interrupt(run.start):          # Ctrl-C: the finished steps are saved
         for step in bar:
             t0 = time.perf_counter()
-            step_lr = lr_at(step, lr, warmup, config.max_steps, config.lr_scheduler_type)
+            lr = lr_at(step, run.lr, run.warmup, cfg.max_steps, cfg.lr_scheduler_type)
             for group in optimizer.param_groups:
-                group["lr"] = step_lr                      # set by hand, nanoGPT-style
+                group["lr"] = lr                            # set by hand, nanoGPT-style
 
             # ---- forward and backward over the micro-batches of this step
             loss_sum, tokens, crc = 0.0, 0, 0
             for _ in range(accum):
-                batch = {k: v.to(device) for k, v in next(stream).items()}
-                with autocast():
-                    loss = model(**batch).loss             # labels -100 (prompt, padding) ignored
-                scaler.scale(loss / accum).backward()
+                batch = next(run.batches)                   # input_ids, attention_mask, labels: (B, T)
+                if trace_batches:                           # on the host copy: no GPU sync
+                    crc = zlib.crc32(batch["input_ids"].numpy().tobytes(), crc)
+                batch = {k: v.to(run.device) for k, v in batch.items()}
+                with run.autocast():
+                    loss = model(**batch).loss              # labels -100 (prompt, padding) ignored
+                scaler.scale(loss / accum).backward()       # gradients add up over the micro-batches
                 loss_sum += loss.item() / accum
                 tokens += int(batch["attention_mask"].sum())
-                if trace_batches:
-                    crc = zlib.crc32(batch["input_ids"].cpu().numpy().tobytes(), crc)
 
             # ---- clip, step, zero
-            if config.max_grad_norm:
-                scaler.unscale_(optimizer)                 # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if cfg.max_grad_norm:
+                scaler.unscale_(optimizer)                  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
-            # ---- record (with several processes: the mean loss, all tokens)
-            if prof.device == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            loss_sum, tokens = procs.mean_loss_and_tokens(loss_sum, tokens, device)
-            memory, history.memory_kind = peak_memory(prof)
-            record = {"step": step + 1, "loss": loss_sum, "lr": step_lr, "tokens": tokens,
-                      "tokens_per_s": tokens / dt, "step_time": dt, "memory": memory}
-            if trace_batches:
-                record["batch_crc"] = crc
-            history.steps.append(record)
-            ckpt.finished(step + 1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{step_lr:.2e}")
-            if config.eval_steps and ((step + 1) % config.eval_steps == 0 or step + 1 == config.max_steps):
-                evaluate(step + 1)
+            # ---- record, evaluate, checkpoint
+            record = run.record(step + 1, loss_sum, lr, tokens, t0, crc if trace_batches else None)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            if cfg.eval_steps and ((step + 1) % cfg.eval_steps == 0 or step + 1 == cfg.max_steps):
+                run.evaluate(step + 1)
             if on_step is not None:
                 on_step(record)
-            ckpt.every(config.save_steps, end)
-    ckpt.at_end(start)
-    inner.eval()
-    return FinetuneResult(model=inner, history=history, finished=ckpt.done >= config.max_steps,
-                          checkpoint=ckpt.last)
+            run.checkpoints.every(cfg.save_steps, run.end)
+    run.checkpoints.at_end(run.start)
+    run.inner.eval()
+    return FinetuneResult(model=run.inner, history=run.history,
+                          finished=run.checkpoints.done >= cfg.max_steps, checkpoint=run.checkpoints.last)

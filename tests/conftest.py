@@ -62,3 +62,11 @@ def run_notebook(name: str, folder, **overrides) -> dict:
     outcome = execute_smoke(path, folder, {**smoke_parameters(path), **overrides})
     assert outcome.ok, f"{name}: {outcome.error} (cell {outcome.cell})"
     return json.loads((folder / "results" / f"{name}.json").read_text())
+
+
+def pytest_collection_modifyitems(items):
+    """A test that loads the bundled 135M model (fixtures `bundled`, `bundled_shared`) is slow:
+    `make test-fast` (-m "not slow ...") leaves it out."""
+    for item in items:
+        if {"bundled", "bundled_shared"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from kit import checkpoint
 from kit.adapters import load_adapter, save_adapter, save_full
-from kit.checkpoint import DamagedFileError, check_tensors, read_tensors
+from kit.files import DamagedFileError, check_tensors, read_tensors
 from kit.data import make_task
 from kit.models import load_model
 from kit.quant import quantize

@@ -82,3 +82,14 @@ def test_first_cell_installs_only_in_colab():
         first_code = next(c for c in cells(path) if c["cell_type"] == "code")
         src = "".join(first_code["source"])
         assert 'if "google.colab" in sys.modules' in src and "REPO_URL" in src, path.name
+
+
+def test_the_kit_keeps_its_layers():
+    """The import-linter contract in pyproject.toml: no module imports one of a higher layer."""
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    lint = P(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]

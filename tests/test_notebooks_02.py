@@ -5,8 +5,6 @@ import pytest
 from conftest import run_notebook
 
 
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run02")

@@ -5,8 +5,6 @@ import pytest
 from conftest import run_notebook
 
 
-
-
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_quantization_notebook(tmp_path):

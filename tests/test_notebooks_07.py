@@ -30,7 +30,7 @@ def test_scaling_out_notebook(tmp_path):
     assert res["only_safe_formats"] is True
     assert "adapter/adapter_model.safetensors" in res["run_files"] and "history.json" in res["run_files"]
     assert not [f for f in res["run_files"] if f.endswith((".bin", ".pt", ".pkl"))]
-    assert res["recipe"]["model"] == params["MODEL"] and res["recipe"]["steps"] == steps
+    assert res["recipe"]["model"] == params["MODEL"] and res["recipe"]["max_steps"] == steps
 
     # 2. two processes: different batches, identical weights, the one-process stream shared out
     dp = res["data_parallel"]

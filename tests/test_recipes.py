@@ -118,6 +118,8 @@ def test_a_bad_recipe_file_names_the_file_and_the_knob(tmp_path):
     (["--method", "lora", "--quantization", "nf4"], "is for method: qlora"),
     (["--data_file", "/no/such/file.jsonl"], "is not a file"),
     (["--model", "someone/some-model"], "not reachable"),
+    (["--lora_dropout", "1.5"], "dropout must be a number in [0, 1)"),
+    (["--lora_alpha", "0"], "alpha (lora_alpha) must be a number > 0"),
 ] + ([] if GPU else [(["--device", "cuda"], "no CUDA GPU"),
                      (["--optim", "paged_adamw_8bit"], "needs a CUDA GPU")]))
 def test_cross_checks_fail_before_any_model_is_loaded(args, match, monkeypatch, capsys):
