@@ -70,3 +70,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"bundled", "bundled_shared"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def assert_exercises(results: dict, wrong: dict) -> None:
+    """Every exercise the notebook recorded passed with its solution (SOLUTIONS = True), and its
+    check says "not yet" to an unanswered exercise and to the `wrong` answer given here
+    ({number: a wrong answer}): both directions of every check, on the facts the notebook measured."""
+    from kit import check
+
+    name = results["notebook"]
+    recorded = {int(k): v for k, v in results["exercises"].items()}
+    assert recorded and set(recorded) == set(wrong), (sorted(recorded), sorted(wrong))
+    for number, ex in sorted(recorded.items()):
+        fn = getattr(check, f"ex{name[:2]}_{number}")
+        assert ex["ok"] is True, (name, number, ex)
+        assert fn(ex["answer"], **ex["facts"]) is True
+        assert fn(None, **ex["facts"]) is False, (name, number, "an unanswered exercise passed")
+        assert fn(wrong[number], **ex["facts"]) is False, (name, number, wrong[number])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 
 
 @pytest.mark.notebook
@@ -16,3 +16,4 @@ def test_setup_notebook_preflight(tmp_path):
     assert 0.45 < ratio["bf16"] < 0.55                  # 2 bytes instead of 4
     assert ratio["nf4"] < 1 / 3                         # 4-bit codes + constants, fp32 embedding
     assert (tmp_path / "figures" / "00_footprints.png").stat().st_size > 5_000
+    assert_exercises(res, wrong={1: 0.5, 2: 500.0, 3: "bfloat16"})
