@@ -15,6 +15,7 @@ which other processes disturb less than wall-clock time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -49,7 +50,7 @@ def bare_loop(model, train_set, pad_id, method, steps, batch_size, lr, seed, cfg
                                                  lora_dropout=cfg.lora_dropout,
                                                  target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)  # as the kit's
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps)
     amp = precision(profile())
     device = params[0].device
@@ -93,6 +94,7 @@ def main():
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="full,lora,qlora")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare transformers + peft loop")
+    ap.add_argument("--json", help="also write the rows (and the machine) to this JSON file")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be >= 2 (the first step is a warm-up and is not timed)")
@@ -132,6 +134,13 @@ def main():
             del model
         rows.append(row)
     print(report(rows, prof, args, hist.memory_kind))
+    if args.json:
+        payload = {"command": "python benchmarks/bench_methods.py " + " ".join(sys.argv[1:]),
+                   "device": prof.as_dict(), "steps": args.steps, "batch_size": args.batch_size,
+                   "model": args.model, "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                   "rows": [r | {"ledger": r["ledger"].as_dict() if r["ledger"] else None} for r in rows]}
+        Path(args.json).write_text(json.dumps(payload, indent=1, default=str))
 
 
 def report(rows, prof, args, memory_kind) -> str:

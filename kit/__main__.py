@@ -4,8 +4,10 @@
     device       print the device profile and dtype policy
     run          execute every notebook headless into runs/<timestamp>/ (make run)
     finetune     train from a recipe: --config cpu-lora [--knob value ...] (--help: every knob)
+    chat         talk to a trained adapter: --adapter <folder> (the base's answer beside it)
     study        full vs LoRA vs QLoRA: learning-rate sweeps, seeds, intervals, forgetting
     gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
+    lessons      render the lessons from the reference run (or --run FOLDER: from yours)
     sync-links   rewrite the Colab links of notebooks and README from pyproject's URL
 """
 from __future__ import annotations
@@ -19,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.recipe)
         from kit.finetune_cli import main as finetune_main  # loads the training stack: lazy
         return finetune_main(argv[1:])
+    if argv[:1] == ["chat"]:
+        from kit.chat import main as chat_main
+        return chat_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                      "(with --out: continue an earlier run in its folder)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     sub.add_parser("sync-links", help="rewrite Colab links from pyproject's Repository URL")
+    lessons = sub.add_parser("lessons", help="render lessons/*.md from the reference run, or a run's own")
+    lessons.add_argument("--run", help="a make run folder: its lessons go to <run>/lessons/")
     sub.add_parser("finetune", help="train from a YAML recipe (kit/recipes/); resumable; "
                    "python -m kit finetune --help lists every knob")
+    sub.add_parser("chat", help="talk to an adapter beside its base model: --adapter <folder>")
     study = sub.add_parser("study", help="the comparison: learning-rate sweeps, seeds, intervals, "
                            "forgetting (about 80 min on 2 CPU cores; resumable)")
     study.add_argument("--smoke", action="store_true", help="tiny-llama, a few steps (under a minute)")
@@ -68,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0 if summary.ok else 1
+    if args.command == "lessons":
+        from kit.lessons import main as lessons_main
+        return lessons_main(["--run", args.run] if args.run else [])
     if args.command == "study":
         from kit import study
         from kit.plots import study_figures

@@ -252,3 +252,19 @@ def _dequantize_and_merge(peft_model) -> nn.Module:
     fresh.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     fresh.tie_weights()
     return fresh.to(next(peft_model.parameters()).device)
+
+
+# ---------------------------------------------------------------------------- ship it
+def save_merged(model, path, tokenizer=None, dtype: torch.dtype = torch.bfloat16, batch: dict | None = None) -> dict:
+    """Merge the active adapter into the base weights and save a plain transformers model in
+    `dtype` (16-bit by default: what llama.cpp's converter, vLLM and the hub expect), which
+    `AutoModelForCausalLM.from_pretrained(path)` loads with no peft at all. `model` stays as it
+    was (LoRA merges a copy; a 4-bit QLoRA base is dequantized into a fresh model, see `merge`).
+    -> save_full's {"path", "files", "bytes", "mb"} + "merge" (merge's info: with a `batch`, the
+    largest logit difference between the adapter model and the merged one, in fp32)."""
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32; got {dtype!r}.")
+    _require_peft(model, "save_merged")
+    merged = merge(model if is_4bit(model) else copy.deepcopy(model), batch)
+    info = save_full(merged.model.to(dtype), path, tokenizer)
+    return info | {"merge": merged.info, "dtype": str(dtype).replace("torch.", "")}

@@ -1,7 +1,9 @@
-"""Data for fine-tuning: synthetic tasks, your own files, chat formatting, batches.
+"""Data for fine-tuning: synthetic tasks, chat formatting, the answer-only loss, batches.
+(Your own files: kit.formats.)
 
-Every example is a pair of strings, `prompt` and `response`. Training sees them through
-the model's chat template:
+An example is a pair of strings, `prompt` and `response`, or a conversation (`messages`:
+system, user and assistant turns; kit.formats). Training sees it through the model's chat
+template:
 
     <|im_start|>system\\nYou are a helpful AI assistant named SmolLM, ...<|im_end|>\\n
     <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n      <- labels -100
@@ -27,19 +29,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import random
 import warnings
-from pathlib import Path
 from typing import Iterator
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
-from datasets.exceptions import DatasetGenerationError
+from datasets import Dataset, DatasetDict
 
-from kit.models import hub_reachable  # kit.models does not import kit.data: no cycle
-
-TASKS = ("dates", "extract")
+TASKS = ("dates", "extract", "chat")
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
 IGNORE_INDEX = -100  # label value that torch.nn.functional.cross_entropy skips
 
@@ -47,9 +44,6 @@ IGNORE_INDEX = -100  # label value that torch.nn.functional.cross_entropy skips
 class OverflowWarning(UserWarning):
     """Examples were truncated or dropped because they exceed max_length."""
 
-
-class SkippedRowsWarning(UserWarning):
-    """Rows of your data were skipped because their prompt or response is empty."""
 
 
 # =============================================================================== tasks
@@ -170,13 +164,33 @@ def extract_example(rng: random.Random) -> tuple[str, str]:
     return f"Extract name, age and city as JSON: {sentence}", extract_answer(name, age, city)
 
 
-EXAMPLE_MAKERS = {"dates": date_example, "extract": extract_example}
+SYSTEM_PROMPT = "You are a careful assistant: dates in ISO 8601, people's details as JSON."
+SMALL_TALK = [("Thanks!", "You're welcome."), ("Great, thank you.", "Glad to help."),
+              ("Can you help me with some data?", "Of course. Send it over.")]
+
+
+def chat_example(rng: random.Random) -> tuple[str, list[dict]]:
+    """A conversation of varying length: an optional system prompt, one to three requests
+    (a date to normalise, or a sentence to extract as JSON), sometimes small talk between
+    them, and always a request last. -> (a key to keep the conversations distinct, turns)."""
+    turns = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
+    for i in range(rng.randint(1, 3)):
+        if i and rng.random() < 0.4:
+            user, assistant = rng.choice(SMALL_TALK)
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        user, assistant = (date_example if rng.random() < 0.5 else extract_example)(rng)
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return json.dumps(turns), turns
+
+
+EXAMPLE_MAKERS = {"dates": date_example, "extract": extract_example, "chat": chat_example}
 
 
 def make_task(name: str, n_train: int = 400, n_val: int = 50, n_test: int = 100,
               seed: int = 0):
     """A synthetic task as a DatasetDict with splits train/validation/test and columns
-    prompt, response. Deterministic under `seed`; no prompt appears in two splits.
+    prompt, response ("chat": one column, messages: conversations of one to three requests,
+    scored on their last answer). Deterministic under `seed`; no prompt appears in two splits.
     The test split is drawn first, then validation, then train, so for a given seed the
     test set does not change when you ask for more (or fewer) training examples."""
     if name not in EXAMPLE_MAKERS:
@@ -191,9 +205,9 @@ def make_task(name: str, n_train: int = 400, n_val: int = 50, n_test: int = 100,
     seen: set[str] = set()
     splits = {}
     for split, n in sizes.items():
-        rows = {"prompt": [], "response": []}
+        rows = {"messages": []} if name == "chat" else {"prompt": [], "response": []}
         tries = 0
-        while len(rows["prompt"]) < n:
+        while len(next(iter(rows.values()))) < n:
             tries += 1
             if tries > 50 * (n + 10):
                 raise ValueError(f"Could not draw {n} distinct {name!r} examples; ask for fewer.")
@@ -201,8 +215,11 @@ def make_task(name: str, n_train: int = 400, n_val: int = 50, n_test: int = 100,
             if prompt in seen:
                 continue
             seen.add(prompt)
-            rows["prompt"].append(prompt)
-            rows["response"].append(response)
+            if name == "chat":
+                rows["messages"].append(response)
+            else:
+                rows["prompt"].append(prompt)
+                rows["response"].append(response)
         splits[split] = Dataset.from_dict(rows)
     return DatasetDict(train=splits["train"], validation=splits["validation"],
                        test=splits["test"])
@@ -281,212 +298,16 @@ GENERAL_PROMPTS: list[str] = (
 )  # 110 prompts
 
 
-# =============================================================================== your data
-# Your file is read by `datasets.load_dataset` (the "json" or "csv" builder), so it gets
-# the library's parsers and its cache; the split is the library's seeded
-# `Dataset.train_test_split`. What the kit adds: one place that picks the two columns,
-# skips empty rows (and says how many), and turns the library's parse errors into
-# messages that name the file, the line and the fix.
-FILE_KINDS = {".jsonl": "JSONL", ".json": "JSON", ".csv": "CSV", ".tsv": "TSV"}
-JSONL_HINT = ('Each line of a JSONL file must be one object like {"prompt": "...", '
-              '"response": "..."}; a .json file may instead hold one list of such objects.')
-
-
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    for label, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
-            raise ValueError(f"{label} must be a number in [0, 1); got {f!r}. Use e.g. 0.1.")
-
-
-def _reader_for(path: Path, prompt_column: str, response_column: str) -> tuple[str, dict]:
-    """-> (the `datasets` builder name, its options) for the file's extension."""
-    kind = FILE_KINDS.get(path.suffix.lower())
-    if kind in ("JSONL", "JSON"):
-        return "json", {}
-    if kind in ("CSV", "TSV"):
-        # converters=str keeps the two text columns exactly as written (pandas would turn
-        # "007" into 7 and "3.10" into 3.1); keep_default_na=False keeps answers such as
-        # "NA" or "null" as text, and an empty cell stays "" (a row that is then skipped).
-        return "csv", {"delimiter": "\t" if kind == "TSV" else ",", "keep_default_na": False,
-                       "converters": {prompt_column: str, response_column: str}}
-    raise ValueError(f"path must end in .jsonl, .json, .csv or .tsv; got {path.name!r}. "
-                     "Save your data as JSONL (one JSON object per line) or CSV with a header.")
-
-
-def _json_problem(text: str) -> str | None:
-    """What makes `text` unreadable as JSONL (or as one JSON list), e.g. 'line 3 is not
-    valid JSON (...)'; None if every line parses to an object."""
-    if text.lstrip().startswith("["):  # one JSON list of objects
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            return f"line {e.lineno} is not valid JSON ({e.msg})"
-        for i, record in enumerate(records):
-            if not isinstance(record, dict):
-                return f"item {i} of the list is not a JSON object"
-        return None
-    # split("\n"), not splitlines(): a JSON string may hold a raw \u2028, which splitlines
-    # would cut, so the numbers are the file's own line numbers
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            return f"line {number} is not valid JSON ({e.msg})"
-        if not isinstance(record, dict):
-            return f"line {number} is not a JSON object"
-    return None
-
-
-def _read_error(path: Path, error: Exception) -> ValueError:
-    """A clear ValueError for a file that `datasets` could not read. The file is scanned
-    here, on failure only, to find the cause (an empty file, the first bad JSON line)."""
-    kind = FILE_KINDS[path.suffix.lower()]
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line for line in text.split("\n") if line.strip()]
-    if not lines or text.strip() == "[]":
-        return ValueError(f"{path} is empty. Give a file with at least a few examples.")
-    if kind in ("CSV", "TSV") and len(lines) == 1:
-        return ValueError(f"{path} is empty: it has a header line but no rows below it. "
-                          "Add one example per row.")
-    if kind in ("JSONL", "JSON"):
-        problem = _json_problem(text)
-        if problem:
-            return ValueError(f"{path} {problem}. {JSONL_HINT}")
-    reason = error.__cause__ or error  # the library wraps the parser's error
-    hint = (JSONL_HINT if kind in ("JSONL", "JSON") else
-            "The first line must name the columns and every row must have as many fields.")
-    return ValueError(f"Could not read {path} as {kind}: {reason}. {hint}")
-
-
-def _read_file(path: Path, prompt_column: str, response_column: str):
-    """The whole file as one `datasets.Dataset`, every column it has."""
-    builder, options = _reader_for(path, prompt_column, response_column)
-    try:
-        return load_dataset(builder, data_files=str(path), split="train", **options)
-    except (DatasetGenerationError, ValueError, StopIteration) as e:
-        # The parser's error (pyarrow's or pandas', both ValueErrors) arrives bare or wrapped
-        # in a DatasetGenerationError; an empty JSON file even gives StopIteration.
-        raise _read_error(path, e) from None
-
-
-def _has_text(value) -> bool:
-    return value is not None and bool(str(value).strip())
-
-
-def _pick_columns(data, prompt_column: str, response_column: str, source: str):
-    """-> Dataset with columns prompt, response (as strings) from the user's two columns.
-    Rows where either is empty are skipped and counted in a SkippedRowsWarning."""
-    if len(data) == 0:
-        raise ValueError(f"{source} is empty. Give a file with at least a few examples.")
-    for label, col in (("prompt_column", prompt_column), ("response_column", response_column)):
-        if col not in data.column_names:
-            raise ValueError(f"{label}={col!r} is not a column of {source}; its columns are "
-                             f"{data.column_names}. Pass {label}='<one of those>'.")
-    pairs = [(str(p), str(r)) for p, r in zip(data[prompt_column], data[response_column])
-             if _has_text(p) and _has_text(r)]  # str(): numbers in a JSON file become text
-    skipped = len(data) - len(pairs)
-    if not pairs:
-        raise ValueError(f"{source} has no examples: all {len(data)} rows have an empty "
-                         f"{prompt_column!r} or {response_column!r}. Check the file and the "
-                         "column names.")
-    if skipped:
-        warnings.warn(f"{source}: skipped {skipped} of {len(data)} rows with an empty "
-                      f"{prompt_column!r} or {response_column!r}.", SkippedRowsWarning,
-                      stacklevel=3)
-    return Dataset.from_dict({"prompt": [p for p, _ in pairs],
-                              "response": [r for _, r in pairs]})
-
-
-def _take_out(data, n: int, seed: int):
-    """-> (the rest, n examples drawn from `data` with the library's seeded split)."""
-    if n == 0:  # train_test_split refuses test_size=0
-        return data, data.select([])
-    parts = data.train_test_split(test_size=n, seed=seed)
-    return parts["train"], parts["test"]
-
-
-def _split(data, val_fraction: float, test_fraction: float, seed: int, source: str):
-    """Cut a prompt/response Dataset into DatasetDict(train, validation, test).
-
-    Sizes: round(n * fraction) for test and validation (so 0.1 of 30 is 3), the rest is
-    train. They are passed to train_test_split as counts: given a float it takes
-    ceil(fraction * n), and 0.1 * 30 is 3.0000000000000004 in floating point, so 4.
-    The test split is drawn first, then validation from what is left."""
-    n = len(data)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-    if n_test + n_val >= n:
-        raise ValueError(f"{source} has only {n} examples: nothing left for training with "
-                         f"val_fraction={val_fraction} and test_fraction={test_fraction}. "
-                         "Use smaller fractions or more data.")
-    rest, test = _take_out(data, n_test, seed)
-    train, validation = _take_out(rest, n_val, seed)
-    return DatasetDict(train=train, validation=validation, test=test)
-
-
-def load_local(path, prompt_column: str = "prompt", response_column: str = "response",
-               val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
-    """Your own examples from a file -> DatasetDict(train, validation, test) with columns
-    prompt and response.
-
-    Files: .jsonl (one JSON object per line), .json (the same, or one list of objects),
-    .csv or .tsv (a header line naming the columns), read with `datasets.load_dataset`.
-    `prompt_column`/`response_column` name your columns (e.g. prompt_column="question",
-    response_column="answer"); other columns are ignored, numbers become text. Rows with
-    an empty prompt or response are skipped, with a SkippedRowsWarning that counts them.
-    The split is seeded (`Dataset.train_test_split`): the same seed gives the same split."""
-    _check_fractions(val_fraction, test_fraction)
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"path {str(path)!r} is not a file. Give the path of a .jsonl, .json, "
-                         ".csv or .tsv file.")
-    data = _read_file(path, prompt_column, response_column)
-    rows = _pick_columns(data, prompt_column, response_column, str(path))
-    return _split(rows, val_fraction, test_fraction, seed, str(path))
-
-
-def _offline() -> bool:
-    flags = (os.environ.get(v, "") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
-
-
-def load_hub(dataset_id: str, prompt_column: str, response_column: str, split: str = "train",
-             config: str | None = None, n: int | None = None, val_fraction: float = 0.1,
-             test_fraction: float = 0.1, seed: int = 0):
-    """A dataset from the Hugging Face hub via `datasets.load_dataset`, mapped to
-    prompt/response and split like `load_local` (same column picking, same split).
-    Needs the network: offline (no network, or HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1)
-    it fails at once with a ValueError. `n` keeps only the first n rows of `split`."""
-    _check_fractions(val_fraction, test_fraction)
-    if _offline() or not hub_reachable():
-        raise ValueError(
-            f"load_hub({dataset_id!r}) needs the Hugging Face hub, which is not reachable "
-            "(no network, or HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set). Connect to the "
-            "network (and unset those variables), or export the data to a JSONL/CSV file "
-            "and use load_local(path, prompt_column=..., response_column=...).")
-    try:
-        data = load_dataset(dataset_id, config, split=split)
-    except Exception as e:  # unknown id, private dataset, bad split ...
-        raise ValueError(f"Could not load {dataset_id!r} (config={config!r}, split={split!r}) "
-                         f"from the hub: {e}. Check the dataset id, config and split names "
-                         "on its hub page.") from e
-    if n is not None:
-        data = data.select(range(min(n, len(data))))
-    source = f"hub dataset {dataset_id!r}"
-    rows = _pick_columns(data, prompt_column, response_column, source)
-    return _split(rows, val_fraction, test_fraction, seed, source)
-
-
 # =============================================================================== formatting
-def chat_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as the model sees it at generation time: chat template, user turn,
-    then the assistant header (`add_generation_prompt=True`). A tokenizer without a
-    chat template gets a plain 'User: ...\\nAssistant: ' format."""
+def chat_prompt(tokenizer, prompt) -> str:
+    """The prompt as the model sees it at generation time: chat template, the user turn (or
+    `prompt` as a list of turns: a conversation so far), then the assistant header
+    (`add_generation_prompt=True`). A tokenizer without a chat template gets a plain
+    'User: ...\\nAssistant: ' format."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             tokenize=False, add_generation_prompt=True)
-    return f"User: {prompt}\nAssistant: "
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{t['role'].capitalize()}: {t['content']}\n" for t in turns) + "Assistant: "
 
 
 def end_of_turn(tokenizer) -> tuple[str, int]:
@@ -527,7 +348,31 @@ def encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], li
     return prompt_ids, answer_ids + [end_of_turn(tokenizer)[1]]
 
 
+def encode_conversation(tokenizer, turns: list[dict]) -> tuple[list[int], list[int]]:
+    """-> (input_ids, labels) of a whole conversation: labels are the tokens of every assistant
+    turn's content and its end-of-turn token, -100 everywhere else (system and user turns, the
+    template's role headers). Each assistant turn is tokenized as generation would see it: the
+    conversation before it with the assistant header (`chat_prompt`), then its answer."""
+    eot_token, eot_id = end_of_turn(tokenizer)
+    ids, labels, seen = [], [], ""
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        before = chat_prompt(tokenizer, turns[:i])          # ... up to "<|im_start|>assistant\n"
+        if not before.startswith(seen):
+            raise ValueError("This tokenizer's chat template does not render a conversation turn by "
+                             "turn, so the answers cannot be told apart; use prompt/response data.")
+        context = tokenizer(before[len(seen):], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(turn["content"], add_special_tokens=False)["input_ids"] + [eot_id]
+        ids += context + answer
+        labels += [IGNORE_INDEX] * len(context) + answer
+        seen = before + turn["content"] + eot_token
+    return ids, labels
+
+
 def _tokenize_split(ds, tokenizer, max_length: int, overflow: str, split: str):
+    if "messages" in ds.column_names:
+        return _tokenize_conversations(ds, tokenizer, max_length, overflow, split)
     for col in ("prompt", "response"):
         if col not in ds.column_names:
             raise ValueError(f"The {split} data needs a {col!r} column; it has {ds.column_names}. "
@@ -558,6 +403,37 @@ def _tokenize_split(ds, tokenizer, max_length: int, overflow: str, split: str):
                       OverflowWarning, stacklevel=3)
     if len(ds) and not kept:
         raise ValueError(f"Every example of {split} is longer than max_length={max_length}; "
+                         "raise max_length.")
+    return Dataset.from_dict({**ds.select(kept).to_dict(), **new})
+
+
+def _tokenize_conversations(ds, tokenizer, max_length: int, overflow: str, split: str):
+    """Conversations (a messages column): the loss on every assistant turn. Too long ones lose
+    their first tokens (overflow="truncate"; the last answer is kept), or are dropped/refused."""
+    new = {"input_ids": [], "attention_mask": [], "labels": []}
+    kept, truncated, dropped = [], 0, 0
+    for i, turns in enumerate(ds["messages"]):
+        ids, labels = encode_conversation(tokenizer, turns)
+        if len(ids) > max_length:
+            if overflow == "error":
+                raise ValueError(f"Conversation {i} of {split} has {len(ids)} tokens, more than "
+                                 f"max_length={max_length}. Raise max_length, or pass overflow="
+                                 "'truncate' (drop its first tokens) or overflow='drop'.")
+            ids, labels = ids[-max_length:], labels[-max_length:]
+            if overflow == "drop" or all(x == IGNORE_INDEX for x in labels):
+                dropped += 1
+                continue
+            truncated += 1
+        kept.append(i)
+        new["input_ids"].append(ids)
+        new["attention_mask"].append([1] * len(ids))
+        new["labels"].append(labels)
+    if truncated or dropped:
+        warnings.warn(f"{split}: {len(ds)} conversations, max_length={max_length}: truncated "
+                      f"{truncated}, dropped {dropped} (overflow={overflow!r}).", OverflowWarning,
+                      stacklevel=3)
+    if len(ds) and not kept:
+        raise ValueError(f"Every conversation of {split} is longer than max_length={max_length}; "
                          "raise max_length.")
     return Dataset.from_dict({**ds.select(kept).to_dict(), **new})
 
@@ -604,12 +480,32 @@ def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+SAMPLING = ("random", "group_by_length", "sequential")   # transformers' train_sampling_strategy names
+MEGABATCH = 50   # group_by_length sorts by length within windows of 50 batches (as transformers does)
+
+
+def group_by_length(order: list[int], lengths: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """`order` (a shuffled epoch) regrouped so that each batch holds examples of similar length:
+    sorted by length within windows of MEGABATCH batches, then the batches shuffled. Every
+    example still appears once; a batch pads to its own longest example, so less padding."""
+    window = batch_size * MEGABATCH
+    grouped = []
+    for i in range(0, len(order), window):
+        grouped += sorted(order[i:i + window], key=lambda j: -lengths[j])
+    chunks = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(chunks)
+    return [j for chunk in chunks for j in chunk]
+
+
 def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
             shuffle: bool = True, start: int = 0,
-            shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
+            shard: tuple[int, int] = (0, 1), sampling: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """An endless stream of collated batches. Each epoch is a fresh seeded permutation
     (or the original order with shuffle=False); batches run across epoch boundaries,
     so every batch has exactly batch_size examples. Same seed -> same stream.
+
+    sampling: "random" (the default: shuffle=True), "sequential" (shuffle=False) or
+           "group_by_length" (each epoch shuffled, then grouped by length: less padding).
 
     start: skip this many of this stream's batches (resuming at step k with grad_accum a
            skips k * a), without collating them.
@@ -630,16 +526,22 @@ def batches(tokenized, batch_size: int, pad_token_id: int, seed: int = 0,
                          "call kit.data.tokenize(data, tokenizer) first.")
     if len(tokenized) == 0:
         raise ValueError("The tokenized dataset is empty: there is nothing to batch.")
+    sampling = sampling or ("random" if shuffle else "sequential")
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {list(SAMPLING)}; got {sampling!r}.")
     cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
     rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
+    lengths = [len(r["input_ids"]) for r in rows]
     rng = random.Random(seed)
     pending: list[int] = []
     position = 0  # index of the next batch in the one global stream
     while True:
         while len(pending) < batch_size:
             order = list(range(len(rows)))
-            if shuffle:
+            if sampling != "sequential":
                 rng.shuffle(order)
+            if sampling == "group_by_length":
+                order = group_by_length(order, lengths, batch_size, rng)
             pending += order
         chosen, pending = pending[:batch_size], pending[batch_size:]
         mine = position % world == rank

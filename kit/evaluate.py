@@ -32,7 +32,8 @@ def _device(model) -> torch.device:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48,
              batch_size: int = 25) -> list[str]:
-    """Greedy answers to `prompts` (chat template applied), decoded and stripped.
+    """Greedy answers to `prompts` (chat template applied), decoded and stripped. A prompt is
+    a string (one user turn) or a conversation so far (a list of {"role", "content"} turns).
 
     Batched with LEFT padding: every prompt ends at the last column, so the new tokens of
     all rows start together. Generation stops at the end-of-turn token <|im_end|>.
@@ -93,19 +94,25 @@ def exact_match(model, tokenizer, dataset, n: int | None = None, batch_size: int
                 max_new_tokens: int | None = None, task: str | None = None) -> dict:
     """Share of the first `n` examples (all if None) of a prompt/response Dataset whose
     greedy answer matches the response (rule: `answers_match`; `task` "dates", "extract"
-    or None = decide from the expected answer). max_new_tokens None -> the longest expected
-    answer in tokens + 8.
+    or None = decide from the expected answer). A conversation Dataset (messages) is scored
+    on its last assistant turn, given the turns before it. max_new_tokens None -> the longest
+    expected answer in tokens + 8.
     -> {"accuracy", "correct", "total", "examples": [{"prompt", "expected", "got", "ok"}]}"""
     if isinstance(dataset, DatasetDict):
         raise ValueError("dataset must be one split, e.g. data['test'], not a DatasetDict.")
-    for col in ("prompt", "response"):
+    conversations = "messages" in dataset.column_names
+    for col in () if conversations else ("prompt", "response"):
         if col not in dataset.column_names:
             raise ValueError(f"dataset needs a {col!r} column; it has {dataset.column_names}.")
     if n is not None:
         dataset = dataset.select(range(min(n, len(dataset))))
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to evaluate.")
-    prompts, expected = list(dataset["prompt"]), list(dataset["response"])
+    if conversations:
+        prompts = [turns[:-1] for turns in dataset["messages"]]
+        expected = [turns[-1]["content"] for turns in dataset["messages"]]
+    else:
+        prompts, expected = list(dataset["prompt"]), list(dataset["response"])
     if max_new_tokens is None:
         longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
         max_new_tokens = longest + 8

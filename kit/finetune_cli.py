@@ -29,7 +29,8 @@ import yaml
 
 from kit import checkpoint, recipe as recipes
 from kit.adapters import save_adapter, save_full
-from kit.data import load_hub, load_local, make_task
+from kit.data import make_task
+from kit.formats import load_hub, load_local
 from kit.device import profile
 from kit.evaluate import exact_match
 from kit.models import load_model, parameter_count

@@ -59,9 +59,11 @@ class RunKnobs:
     task: str = knob("dates", "a task the kit generates: dates (normalise dates to ISO 8601, learned "
                      "in minutes) or extract (fields of a sentence as JSON, harder). Ignored when "
                      "data_file or hub_dataset is set.", TASKS)
-    data_file: str | None = knob(None, "your own examples: a .jsonl, .json, .csv or .tsv file with a "
-                                 "prompt and a response column (split 80/10/10 into train/validation/"
-                                 "test). A few hundred good examples beat thousands of noisy ones.")
+    data_file: str | None = knob(None, "your own examples: a .jsonl, .json, .csv or .tsv file of "
+                                 "conversations (a messages column), Alpaca records (instruction, "
+                                 "input, output) or prompt/response columns (kit.formats), split "
+                                 "80/10/10 into train/validation/test. A few hundred good examples "
+                                 "beat thousands of noisy ones.")
     hub_dataset: str | None = knob(None, "a Hugging Face dataset id (needs the network); columns as "
                                    "for data_file.")
     prompt_column: str = knob("prompt", "the column holding the prompt (data_file, hub_dataset).")
@@ -89,7 +91,8 @@ SECTIONS = {  # how a recipe file is laid out
              "n_val", "max_length"],
     "Training": ["max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "learning_rate", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
-                 "gradient_checkpointing", "optim", "eval_steps", "seed", "disable_tqdm"],
+                 "gradient_checkpointing", "optim", "train_sampling_strategy", "eval_steps", "seed",
+                 "disable_tqdm"],
     "LoRA adapters (method lora or qlora)": ["lora_r", "lora_alpha", "lora_dropout",
                                              "lora_target_modules", "use_rslora"],
     "Run folder, checkpoints, evaluation": ["output_dir", "save_steps", "save_total_limit", "resume",

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit.lessons import render_run
 from kit.notebook import REPO_ROOT, load_results
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -191,6 +192,11 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
             print(f"      partial output kept in {folder / path.name}; kernel log in "
                   f"{folder / 'logs' / (path.stem + '.log')}", flush=True)
     write_report(RunSummary(folder, _merge_outcomes(folder, summary.outcomes)), quick)
+    try:                                  # the learner's own lessons, with this run's numbers
+        lessons = render_run(folder)
+        print(f"Lessons with this run's numbers: {lessons[0].parent}", flush=True)
+    except (ValueError, OSError) as e:    # a notebook that failed recorded nothing to quote
+        print(f"Lessons not rendered: {e}", flush=True)
     if folder.resolve().parent == RUNS.resolve():
         link = RUNS / "latest"
         if link.is_symlink() or link.exists():

@@ -3,6 +3,7 @@
     wilson(k, n)                     95% interval of a success rate k / n
     mcnemar(a, b)                    exact McNemar test: do two methods differ on the same items?
     paired_bootstrap(a, b)           interval of the difference in accuracy, resampling items
+    seeds_and_items_bootstrap(a, b)  the same, resampling the seeds too (training is random)
     mean_interval(values)            mean and 95% t-interval over seeds
 
 An accuracy of 18 / 40 is "45%", but any rate from about 31% to 60% would produce 18 / 40 often
@@ -64,6 +65,31 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10_000, seed:
     means = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
     low, high = means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1]
     return {"diff": sum(d) / n, "low": low, "high": high,
+            "verdict": "different" if low > 0 or high < 0 else "within noise"}
+
+
+def seeds_and_items_bootstrap(a_runs: list[list[bool]], b_runs: list[list[bool]],
+                              n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Difference in accuracy between two methods, each run with several seeds on the SAME
+    test items: a_runs[s][i] is seed s's result on item i. Each replicate resamples the items
+    (the same ones for both methods) and, for each method, its seeds, so the interval holds
+    the noise of the test set AND of training (data order, initialisation). With few seeds
+    it is wide, as it should be. -> {"diff", "low", "high", "verdict"}"""
+    if not a_runs or not b_runs or len({len(r) for r in a_runs + b_runs}) != 1 or not a_runs[0]:
+        raise ValueError("seeds_and_items_bootstrap needs, for each method, one or more runs scored on "
+                         "the same non-empty list of items.")
+    rng, n = random.Random(seed), len(a_runs[0])
+    mean = lambda runs: sum(map(sum, runs)) / (len(runs) * n)
+    diffs = []
+    for _ in range(n_boot):
+        items = [rng.randrange(n) for _ in range(n)]
+        ra = [a_runs[rng.randrange(len(a_runs))] for _ in a_runs]
+        rb = [b_runs[rng.randrange(len(b_runs))] for _ in b_runs]
+        diffs.append(sum(r[i] for r in ra for i in items) / (len(ra) * n)
+                     - sum(r[i] for r in rb for i in items) / (len(rb) * n))
+    diffs.sort()
+    low, high = diffs[int(0.025 * n_boot)], diffs[int(0.975 * n_boot) - 1]
+    return {"diff": mean(a_runs) - mean(b_runs), "low": low, "high": high,
             "verdict": "different" if low > 0 or high < 0 else "within noise"}
 
 

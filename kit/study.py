@@ -13,8 +13,9 @@ Full fine-tuning, LoRA and QLoRA on the same model, task, data and token budget:
      from the base model's next-token distribution on the base's own answers to general
      prompts; for QLoRA against the full-precision base and against its own 4-bit base), and
      the capitals probe;
-  4. paired tests between the methods on the same test items (exact McNemar per seed, a
-     paired bootstrap over items of the seed-averaged accuracy): "different" or "within noise".
+  4. paired tests between the methods on the same test items: exact McNemar per seed, and the
+     verdict "different" or "within noise" from a bootstrap that resamples the items (the same
+     for both methods) and each method's seeds, so that it holds the noise of training too.
 
 The LoRA conventions are the same for every run and stated in the results: r and alpha fixed
 (scaling alpha / r), dropout 0 (full fine-tuning has none either), all linear layers.
@@ -371,7 +372,9 @@ def summarize(cfg: StudyConfig, methods: dict, base: dict) -> dict:
                 mean_a = [statistics.fmean(col) for col in zip(*ra)]
                 mean_b = [statistics.fmean(col) for col in zip(*rb)]
                 entry[when] = {"mcnemar_per_seed": [stats.mcnemar(x, y) for x, y in zip(ra, rb)],
-                               "bootstrap": stats.paired_bootstrap(mean_a, mean_b)}
+                               "items_bootstrap": stats.paired_bootstrap(mean_a, mean_b),
+                               # the verdict: the test items' noise and training's (seeds)
+                               "bootstrap": stats.seeds_and_items_bootstrap(ra, rb, n_boot=2000)}
             pairs[f"{a} vs {b}"] = entry
     lrs = {m: methods[m]["chosen_lr"] for m in methods}
     return {"settings": _jsonable(cfg), "base": base, "methods": per, "pairs": pairs,
@@ -406,8 +409,8 @@ def report(summary: dict) -> str:
     lines += ["", f"Base model: exact match {_pct(base['accuracy'])} "
                   f"[{_pct(base['interval'][0])}, {_pct(base['interval'][1])}], capitals {_pct(base['capitals'])}; "
                   f"4-bit base alone: KL {summary['base']['nf4']['forgetting']['kl']:.4f} from the fp32 base.",
-              "", "| pair (best step) | difference in accuracy (paired bootstrap, 95%) | verdict | "
-                  "McNemar p per seed |", "|---|---|---|---|"]
+              "", "| pair (best step) | difference in accuracy (bootstrap over items and seeds, 95%) | "
+                  "verdict | McNemar p per seed |", "|---|---|---|---|"]
     for pair, entry in summary["pairs"].items():
         b = entry["best"]["bootstrap"]
         ps = ", ".join(f"{r['p']:.3f}" for r in entry["best"]["mcnemar_per_seed"])

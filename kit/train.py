@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from kit import checkpoint
 from kit.arch import DEFAULT_LR, OPTIMIZERS, check_method, target_modules
-from kit.data import batches, pad_token_id, tokenize
+from kit.data import SAMPLING, batches, pad_token_id, tokenize
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
 from kit.evaluate import validation_loss
 from kit.lora import check_hparams
@@ -72,9 +72,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = knob(1, "forward passes summed into one optimizer step: the "
                                             "effective batch is per_device_train_batch_size x this, at "
                                             "the memory of one.", low=1)
-    learning_rate: float | None = knob(None, "peak learning rate; null = the kit's measured default per "
-                                       "method (kit.arch.DEFAULT_LR: full 5e-5, lora and qlora 2e-3). "
-                                       "Adapters take much larger steps than full fine-tuning.", low=0)
+    learning_rate: float | None = knob(None, "peak learning rate; null = the kit's default per method, "
+                                       "chosen by the study (kit.arch.DEFAULT_LR: full 1e-4, lora and "
+                                       "qlora 3e-3). Adapters take much larger steps than full "
+                                       "fine-tuning.", low=0)
     warmup_steps: int | None = knob(None, "steps of linear warm-up from 0 to the peak; null = 10% of "
                                     "max_steps. Warm-up keeps the first updates, made with a poor "
                                     "gradient estimate, small.", low=0)
@@ -91,6 +92,10 @@ class TrainConfig:
     optim: str = knob("adamw_torch", "adamw_torch (two fp32 moments, 8 bytes per trained parameter), "
                       "sgd (no state), adamw_8bit or paged_adamw_8bit (bitsandbytes, CUDA only: about 2 "
                       "bytes; paged: spills to CPU memory on spikes).", tuple(OPTIMIZERS))
+    train_sampling_strategy: str = knob("random", "the order of the training examples: random (a "
+                                        "fresh seeded shuffle each epoch), group_by_length (each "
+                                        "batch of similar lengths: less padding, faster steps on data "
+                                        "of varying length) or sequential.", SAMPLING)
     eval_steps: int = knob(20, "validation loss every N steps (and at the start and end); 0 = never. "
                            "Each costs a pass over the validation examples.", low=0)
     seed: int = knob(0, "seeds the data order, the adapters' initialisation and dropout: same seed, same "
@@ -465,15 +470,19 @@ class Run:
                 self.on_eval(step, loss, self.inner)
             self.inner.train()
 
-    def record(self, step: int, loss: float, lr: float, tokens: int, t0: float, crc=None) -> dict:
-        """Step `step` is done: its record (several processes: the mean loss, all tokens)."""
+    def record(self, step: int, loss: float, lr: float, tokens: int, slots: int, t0: float,
+               crc=None) -> dict:
+        """Step `step` is done: its record (several processes: the mean loss, all tokens).
+        slots: token positions of the step's batches, padding included (this process's)."""
         if self.prof.device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        padding = 1 - tokens / slots                     # share of the batch that was padding
         loss, tokens = self.processes.mean_loss_and_tokens(loss, tokens, self.device)
         memory, self.history.memory_kind = peak_memory(self.prof)
         record = {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens / dt,
-                  "step_time": dt, "memory": memory} | ({"batch_crc": crc} if crc is not None else {})
+                  "step_time": dt, "memory": memory, "padding": padding} | (
+                      {"batch_crc": crc} if crc is not None else {})
         self.history.steps.append(record)
         self.checkpoints.finished(step)
         return record
@@ -512,7 +521,8 @@ def start_run(model: nn.Module, tokenizer, data, method: str, config: TrainConfi
                        config.save_total_limit, procs)
     start = ckpt.resume()
     stream = batches(train_set, config.per_device_train_batch_size, pad_id, seed=config.seed,
-                     start=start * config.gradient_accumulation_steps, shard=(procs.rank, procs.world))
+                     start=start * config.gradient_accumulation_steps, shard=(procs.rank, procs.world),
+                     sampling=config.train_sampling_strategy)
     end = min(config.max_steps, start + config.stop_after) if config.stop_after else config.max_steps
     if prof.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -554,7 +564,7 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                 group["lr"] = lr                            # set by hand, nanoGPT-style
 
             # ---- forward and backward over the micro-batches of this step
-            loss_sum, tokens, crc = 0.0, 0, 0
+            loss_sum, tokens, slots, crc = 0.0, 0, 0, 0
             for _ in range(accum):
                 batch = next(run.batches)                   # input_ids, attention_mask, labels: (B, T)
                 if trace_batches:                           # on the host copy: no GPU sync
@@ -565,7 +575,7 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                 scaler.scale(loss / accum).backward()       # gradients add up over the micro-batches
                 loss_sum += loss.item() / accum
                 tokens += int(batch["attention_mask"].sum())
-
+                slots += batch["attention_mask"].numel()       # tokens + padding
             # ---- clip, step, zero
             if cfg.max_grad_norm:
                 scaler.unscale_(optimizer)                  # clip the true gradients, not the scaled ones
@@ -575,7 +585,7 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
             optimizer.zero_grad(set_to_none=True)
 
             # ---- record, evaluate, checkpoint
-            record = run.record(step + 1, loss_sum, lr, tokens, t0, crc if trace_batches else None)
+            record = run.record(step + 1, loss_sum, lr, tokens, slots, t0, crc if trace_batches else None)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if cfg.eval_steps and ((step + 1) % cfg.eval_steps == 0 or step + 1 == cfg.max_steps):
                 run.evaluate(step + 1)

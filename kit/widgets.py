@@ -13,6 +13,7 @@ from IPython.display import display
 
 from kit import memory as M
 from kit.arch import GPUS, METHOD_NAMES, by_size
+from kit.chat import compare
 from kit.plots import bits_figure, calculator_figure, per_gpu_breakdown
 from kit.quant import bits_view
 from kit.scaling import GPU_LINES, STRATEGIES, breakdown, breakdown_text
@@ -116,3 +117,25 @@ def scaling_explorer(model: str = "llama-2-70b", gpus: int = 8, strategy: str = 
     }
     out = widgets.interactive_output(lambda **kw: show_figure(show_scaling(**kw, seq_len=seq_len)), controls)
     return widgets.VBox([widgets.HBox(list(controls.values())), out])
+
+
+# ============================================================================ 08: your own data
+def chat_box(model, tokenizer, merged=None, prompt: str = "", max_new_tokens: int = 96):
+    """A "prompt" text box and an "ask" button; the answers of the base model, each adapter and
+    the merged model (kit.chat.compare) appear side by side, token by token as generated."""
+    text = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="80%"))
+    button = widgets.Button(description="ask")
+    names = ["base", *model.peft_config, *(["merged"] if merged is not None else [])]
+    boxes = {n: widgets.Textarea(description=n, layout=widgets.Layout(width="32%", height="8em"))
+             for n in names}
+
+    def ask(_=None):
+        for box in boxes.values():
+            box.value = ""
+
+        def piece(name, text_piece):
+            boxes[name].value += text_piece
+        compare(model, tokenizer, text.value, merged=merged, max_new_tokens=max_new_tokens, on_text=piece)
+
+    button.on_click(ask)
+    return widgets.VBox([widgets.HBox([text, button]), widgets.HBox(list(boxes.values()))])

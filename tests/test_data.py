@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from kit import data as kd
+from kit import formats as kf
 
 
 # ----------------------------------------------------------------------------- tasks
+def keys(split) -> list[str]:
+    """What identifies an example: its prompt, or its whole conversation (the chat task)."""
+    if "messages" in split.column_names:
+        return [json.dumps(m) for m in split["messages"]]
+    return split["prompt"]
+
+
 @pytest.mark.parametrize("task", kd.TASKS)
 def test_make_task_is_deterministic_under_seed(task):
     a = kd.make_task(task, n_train=30, n_val=5, n_test=10, seed=3)
@@ -20,22 +28,22 @@ def test_make_task_is_deterministic_under_seed(task):
     c = kd.make_task(task, n_train=30, n_val=5, n_test=10, seed=4)
     for split in ("train", "validation", "test"):
         assert a[split].to_dict() == b[split].to_dict()
-    assert a["train"]["prompt"] != c["train"]["prompt"]
+    assert keys(a["train"]) != keys(c["train"])
     assert {k: len(v) for k, v in a.items()} == {"train": 30, "validation": 5, "test": 10}
-    assert a["train"].column_names == ["prompt", "response"]
+    assert a["train"].column_names == (["messages"] if task == "chat" else ["prompt", "response"])
 
 
 @pytest.mark.parametrize("task", kd.TASKS)
 def test_splits_are_disjoint_and_test_split_is_stable(task):
     d = kd.make_task(task, n_train=200, n_val=30, n_test=50, seed=0)
-    sets = {s: set(d[s]["prompt"]) for s in d}
+    sets = {s: set(keys(d[s])) for s in d}
     assert sum(len(v) for v in sets.values()) == 280  # no duplicates inside a split
     assert not sets["train"] & sets["test"]
     assert not sets["train"] & sets["validation"]
     assert not sets["validation"] & sets["test"]
     # more training data does not change the test set
     bigger = kd.make_task(task, n_train=300, n_val=30, n_test=50, seed=0)
-    assert bigger["test"]["prompt"] == d["test"]["prompt"]
+    assert keys(bigger["test"]) == keys(d["test"])
 
 
 def test_dates_responses_are_the_dates_the_prompts_describe():
@@ -207,12 +215,12 @@ ROWS = [{"question": f"q{i}", "answer": f"a{i}", "extra": i} for i in range(20)]
 def test_load_local_jsonl_with_column_mapping(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n\n")
-    d = kd.load_local(path, prompt_column="question", response_column="answer", seed=0)
+    d = kf.load_local(path, prompt_column="question", response_column="answer", seed=0)
     assert {k: len(v) for k, v in d.items()} == {"train": 16, "validation": 2, "test": 2}
     assert d["train"].column_names == ["prompt", "response"]
     pairs = [(p, r) for s in d.values() for p, r in zip(s["prompt"], s["response"])]
     assert sorted(pairs) == sorted((r["question"], r["answer"]) for r in ROWS)
-    again = kd.load_local(path, prompt_column="question", response_column="answer", seed=0)
+    again = kf.load_local(path, prompt_column="question", response_column="answer", seed=0)
     assert again["test"].to_dict() == d["test"].to_dict()
 
 
@@ -221,7 +229,7 @@ def test_load_local_csv_with_column_mapping(tmp_path):
     lines = ["question,answer,extra"] + [f'"{r["question"]}, ok",{r["answer"]},{r["extra"]}'
                                         for r in ROWS]
     path.write_text("\n".join(lines) + "\n")
-    d = kd.load_local(path, "question", "answer", val_fraction=0.0, test_fraction=0.25)
+    d = kf.load_local(path, "question", "answer", val_fraction=0.0, test_fraction=0.25)
     assert {k: len(v) for k, v in d.items()} == {"train": 15, "validation": 0, "test": 5}
     assert all(p.endswith(", ok") for p in d["train"]["prompt"])
 
@@ -230,38 +238,38 @@ def test_load_local_errors_name_the_fix(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS))
     with pytest.raises(ValueError, match=r"prompt_column='prompt'.*question"):
-        kd.load_local(path)
+        kf.load_local(path)
     with pytest.raises(ValueError, match="not a file"):
-        kd.load_local(tmp_path / "missing.jsonl")
+        kf.load_local(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl line 2 is not valid JSON"):
-        kd.load_local(bad)
+        kf.load_local(bad)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty"):
-        kd.load_local(empty)
+        kf.load_local(empty)
     blanks = tmp_path / "blanks.csv"
     blanks.write_text("prompt,response\na,\n,b\n")
     with pytest.raises(ValueError, match="no examples"):
-        kd.load_local(blanks)
+        kf.load_local(blanks)
     text = tmp_path / "x.txt"
     text.write_text("hi")
     with pytest.raises(ValueError, match=".jsonl"):
-        kd.load_local(text)
+        kf.load_local(text)
     with pytest.raises(ValueError, match="val_fraction"):
-        kd.load_local(path, "question", "answer", val_fraction=1.5)
+        kf.load_local(path, "question", "answer", val_fraction=1.5)
     tiny = tmp_path / "two.jsonl"
     tiny.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n')
     with pytest.raises(ValueError, match="nothing left for training"):
-        kd.load_local(tiny, val_fraction=0.5, test_fraction=0.5)
+        kf.load_local(tiny, val_fraction=0.5, test_fraction=0.5)
 
 
 def test_load_hub_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(ValueError, match="load_local"):
-        kd.load_hub("some/dataset", "question", "answer")
+        kf.load_hub("some/dataset", "question", "answer")
     assert time.perf_counter() - start < 5
 
 
@@ -288,7 +296,7 @@ def all_pairs(d):
 def test_load_local_reads_jsonl_json_csv_and_tsv_alike(tmp_path):
     rows = [{"question": f"q{i}, with a comma\tand a tab", "answer": f"a{i}", "extra": i}
             for i in range(20)]
-    loaded = {kind: kd.load_local(write_rows(tmp_path / f"mine.{kind}", rows),
+    loaded = {kind: kf.load_local(write_rows(tmp_path / f"mine.{kind}", rows),
                                   "question", "answer", seed=5)
               for kind in ("jsonl", "json", "csv", "tsv")}
     expected = sorted((r["question"], r["answer"]) for r in rows)
@@ -306,11 +314,11 @@ def test_load_local_keeps_text_as_written_and_numbers_become_text(tmp_path):
     rows = [{"prompt": f"p{i}", "response": r}
             for i, r in enumerate(["007", "3.10", "NA", "null", "2021-03-05", "x"])]
     for kind in ("csv", "tsv"):
-        d = kd.load_local(write_rows(tmp_path / f"t.{kind}", rows), val_fraction=0, test_fraction=0)
+        d = kf.load_local(write_rows(tmp_path / f"t.{kind}", rows), val_fraction=0, test_fraction=0)
         assert sorted(d["train"]["response"]) == sorted(r["response"] for r in rows), kind
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text('{"prompt": 1, "response": 34}\n{"prompt": "two", "response": true}\n')
-    d = kd.load_local(numbers, val_fraction=0, test_fraction=0)
+    d = kf.load_local(numbers, val_fraction=0, test_fraction=0)
     pairs = sorted(zip(d["train"]["prompt"], d["train"]["response"]))
     assert pairs == [("1", "34"), ("two", "True")]
 
@@ -321,7 +329,7 @@ def test_load_local_csv_names_its_columns_when_one_is_missing(tmp_path):
     path.write_text("question\tanswer\nq1\ta1\n")
     with pytest.raises(ValueError, match=r"response_column='response' is not a column of .*qa\.tsv; "
                                          r"its columns are \['question', 'answer'\]"):
-        kd.load_local(path, prompt_column="question")
+        kf.load_local(path, prompt_column="question")
 
 @pytest.mark.parametrize("n, val, test, sizes", [
     (20, 0.1, 0.1, (16, 2, 2)),
@@ -334,14 +342,14 @@ def test_load_local_csv_names_its_columns_when_one_is_missing(tmp_path):
 def test_load_local_split_sizes(tmp_path, n, val, test, sizes):
     rows = [{"prompt": f"p{i}", "response": "r"} for i in range(n)]
     path = write_rows(tmp_path / "mine.jsonl", rows)
-    d = kd.load_local(path, val_fraction=val, test_fraction=test)
+    d = kf.load_local(path, val_fraction=val, test_fraction=test)
     assert (len(d["train"]), len(d["validation"]), len(d["test"])) == sizes
 
 
 def test_load_local_same_seed_same_split_other_seed_other_split(tmp_path):
     rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(40)]
     path = write_rows(tmp_path / "mine.jsonl", rows)
-    a, b, c = (kd.load_local(path, seed=s) for s in (1, 1, 2))
+    a, b, c = (kf.load_local(path, seed=s) for s in (1, 1, 2))
     for split in ("train", "validation", "test"):
         assert a[split].to_dict() == b[split].to_dict()
     assert set(a["test"]["prompt"]) != set(c["test"]["prompt"])
@@ -355,14 +363,14 @@ def test_load_local_counts_skipped_empty_rows_in_a_warning(tmp_path):
     good = [{"q": f"q{i}", "a": f"a{i}"} for i in range(10)]
     holes = [{"q": "", "a": "x"}, {"q": "y", "a": "   "}, {"q": "z", "a": None}, {"q": "w"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in good + holes))
-    with pytest.warns(kd.SkippedRowsWarning, match=r"holes\.jsonl: skipped 4 of 14 rows") as caught:
-        d = kd.load_local(path, "q", "a", val_fraction=0, test_fraction=0)
+    with pytest.warns(kf.SkippedRowsWarning, match=r"holes\.jsonl: skipped 4 of 14 rows") as caught:
+        d = kf.load_local(path, "q", "a", val_fraction=0, test_fraction=0)
     assert len(caught) == 1 and caught[0].filename == __file__  # points at the caller
     assert sorted(d["train"]["prompt"]) == sorted(r["q"] for r in good)
     csv_path = tmp_path / "holes.csv"
     csv_path.write_text("q,a\nq1,a1\nq2,\n,a3\nq4,a4\n")
-    with pytest.warns(kd.SkippedRowsWarning, match=r"holes\.csv: skipped 2 of 4 rows"):
-        d = kd.load_local(csv_path, "q", "a", val_fraction=0, test_fraction=0)
+    with pytest.warns(kf.SkippedRowsWarning, match=r"holes\.csv: skipped 2 of 4 rows"):
+        d = kf.load_local(csv_path, "q", "a", val_fraction=0, test_fraction=0)
     assert sorted(d["train"]["prompt"]) == ["q1", "q4"]
 
 
@@ -380,7 +388,7 @@ def test_load_local_malformed_json_names_the_file_and_line(tmp_path, name, text,
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ValueError, match=message) as caught:
-        kd.load_local(path)
+        kf.load_local(path)
     assert "one object like" in str(caught.value)  # ... and says what a line should hold
     # raised "from None": no pyarrow traceback chained to it
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
@@ -394,14 +402,14 @@ def test_load_local_empty_files_say_empty(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(str(path)) + " is empty"):
-        kd.load_local(path)
+        kf.load_local(path)
 
 
 def test_load_local_checks_fractions_before_reading(tmp_path):
     with pytest.raises(ValueError, match=r"test_fraction must be a number in \[0, 1\); got 1"):
-        kd.load_local(tmp_path / "not-even-there.jsonl", test_fraction=1)
+        kf.load_local(tmp_path / "not-even-there.jsonl", test_fraction=1)
     with pytest.raises(ValueError, match="val_fraction"):
-        kd.load_local(tmp_path / "not-even-there.jsonl", val_fraction=-0.1)
+        kf.load_local(tmp_path / "not-even-there.jsonl", val_fraction=-0.1)
 
 
 def test_load_hub_picks_columns_and_splits_like_load_local(tmp_path, monkeypatch):
@@ -414,19 +422,19 @@ def test_load_hub_picks_columns_and_splits_like_load_local(tmp_path, monkeypatch
         asked.update(dataset_id=dataset_id, config=config, split=split)
         return Dataset.from_list(rows)
 
-    local = kd.load_local(write_rows(tmp_path / "qa.jsonl", rows[:20]), "question", "answer",
+    local = kf.load_local(write_rows(tmp_path / "qa.jsonl", rows[:20]), "question", "answer",
                           seed=3)
-    monkeypatch.setattr(kd, "_offline", lambda: False)
-    monkeypatch.setattr(kd, "hub_reachable", lambda: True)
-    monkeypatch.setattr(kd, "load_dataset", fake_load_dataset)
-    with pytest.warns(kd.SkippedRowsWarning, match="hub dataset 'me/qa': skipped 1 of 21 rows"):
-        hub = kd.load_hub("me/qa", "question", "answer", split="train", seed=3)
+    monkeypatch.setattr(kf, "_offline", lambda: False)
+    monkeypatch.setattr(kf, "hub_reachable", lambda: True)
+    monkeypatch.setattr(kf, "load_dataset", fake_load_dataset)
+    with pytest.warns(kf.SkippedRowsWarning, match="hub dataset 'me/qa': skipped 1 of 21 rows"):
+        hub = kf.load_hub("me/qa", "question", "answer", split="train", seed=3)
     assert asked == {"dataset_id": "me/qa", "config": None, "split": "train"}
     for split in ("train", "validation", "test"):
         assert hub[split].to_dict() == local[split].to_dict()
     with pytest.raises(ValueError, match=r"prompt_column='prompt' is not a column of hub dataset"):
-        kd.load_hub("me/qa", "prompt", "answer")
-    assert len(kd.load_hub("me/qa", "question", "answer", n=10)["train"]) == 8
+        kf.load_hub("me/qa", "prompt", "answer")
+    assert len(kf.load_hub("me/qa", "question", "answer", n=10)["train"]) == 8
 
 
 # ----------------------------------------------------------------------------- padding
@@ -450,3 +458,47 @@ def test_pad_token_id_is_the_pad_token_else_the_end_of_turn(tokenizer):
     assert kd.pad_token_id(StandInTokenizer(eos=7)) == 7               # no <|im_end|>: eos
     with pytest.raises(ValueError, match="no pad token.*tokenizer.pad_token ="):
         kd.pad_token_id(StandInTokenizer())
+
+
+def test_group_by_length_keeps_every_example_and_cuts_padding(tokenizer):
+    import random as _random
+    from datasets import Dataset
+
+    lengths = [5 + (7 * i) % 90 for i in range(64)]
+    order = list(range(64))
+    _random.Random(0).shuffle(order)
+    grouped = kd.group_by_length(order, lengths, 8, _random.Random(1))
+    assert sorted(grouped) == list(range(64))                     # a permutation: nothing lost or repeated
+    spread = lambda o: sum(max(lengths[j] for j in o[i:i + 8]) * 8 - sum(lengths[j] for j in o[i:i + 8])
+                           for i in range(0, 64, 8))
+    assert spread(grouped) < spread(order) / 3                    # much less padding
+    rows = [{"prompt": "word " * n, "response": "ok"} for n in lengths]
+    tok = kd.tokenize(Dataset.from_list(rows), tokenizer, max_length=512)
+
+    def padding(sampling):
+        stream = kd.batches(tok, 8, tokenizer.pad_token_id, seed=0, sampling=sampling)
+        masks = [next(stream)["attention_mask"] for _ in range(8)]
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert padding("group_by_length") < padding("random") / 2
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        next(kd.batches(tok, 8, tokenizer.pad_token_id, sampling="by-size"))
+
+
+def test_padding_does_not_change_the_loss(tiny):
+    """The same examples batched randomly or by length give the same token-weighted loss."""
+    import random as _random
+    from datasets import Dataset
+
+    from kit.evaluate import validation_loss
+
+    model, tok = tiny
+    rows = [{"prompt": "tell me " * (1 + (5 * i) % 23), "response": "fine " * (1 + i % 4)} for i in range(24)]
+    data = kd.tokenize(Dataset.from_list(rows), tok)
+    lengths = [len(x) for x in data["input_ids"]]
+    order = list(range(24))
+    _random.Random(0).shuffle(order)
+    grouped = kd.group_by_length(order, lengths, 6, _random.Random(0))
+    plain = validation_loss(model, data.select(order), tok.pad_token_id, batch_size=6)
+    by_length = validation_loss(model, data.select(grouped), tok.pad_token_id, batch_size=6)
+    assert by_length["tokens"] == plain["tokens"]
+    assert by_length["loss"] == pytest.approx(plain["loss"], rel=1e-5)

@@ -1,10 +1,13 @@
 """01 · Full fine-tuning, run headless with its smoke parameters; assertions on what it recorded."""
 
+import math
+
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 from kit.runner import NOTEBOOKS
 from kit.runner import smoke_parameters
+from kit.stats import wilson
 
 NB = NOTEBOOKS / "01_full_finetuning.ipynb"
 
@@ -13,6 +16,18 @@ NB = NOTEBOOKS / "01_full_finetuning.ipynb"
 def recorded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run01")
     return folder, smoke_parameters(NB), run_notebook("01_full_finetuning", folder)
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_loop_written_out_computes_what_the_kit_computes(recorded):
+    _, _, res = recorded
+    loop = res["inline_loop"]
+    assert len(loop["losses_inline"]) == len(loop["losses_kit"]) == loop["steps"] >= 2
+    assert all(math.isfinite(x) and x > 0 for x in loop["losses_inline"])
+    assert loop["losses_inline"] == loop["losses_kit"]            # identical, bit for bit
+    assert loop["max_abs_diff"] == 0.0
+    assert loop["schedule_matches"] is True                       # the schedule written out == kit.train.lr_at
 
 
 @pytest.mark.notebook
@@ -56,3 +71,22 @@ def test_accuracy_retention_estimate_and_overview(recorded):
         assert (folder / "figures" / f"{name}.png").stat().st_size > 5_000
     if res["checkpoint_mb"] is not None:
         assert (folder / "checkpoints" / "01_full" / "model.safetensors").exists()
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_accuracy_states_its_interval(recorded):
+    _, params, res = recorded
+    assert res["test_total"] == params["N_TEST"]
+    for when in ("before", "after"):
+        low, high = res[f"accuracy_interval_{when}"]
+        assert (low, high) == pytest.approx(wilson(res[f"correct_{when}"], res["test_total"]))
+        assert low <= res[f"accuracy_{when}"] <= high
+        assert high - low > 0.1                                 # a few test items: a wide interval
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_exercises_check_both_ways(recorded):
+    _, _, res = recorded
+    assert_exercises(res, wrong={1: [True, "rises"], 2: [25.5, 0.63], 3: [["activations", "logits"], 64]})

@@ -2,13 +2,30 @@
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_quantization_notebook(tmp_path):
     res = run_notebook("04_quantization", tmp_path)
+
+    # the notebook's absmax int8 (per tensor, per row) is kit.quant's and bitsandbytes' (per row)
+    i8 = res["int8_check"]
+    for key in ("tensor_codes_equal_kit", "rows_codes_equal_kit", "rows_dequant_equal_kit",
+                "rows_scale_equal_bnb", "rows_codes_equal_bnb_order"):
+        assert i8[key] is True, key
+    # bitsandbytes rounds x * (127 / absmax): a few codes of the layer land one step away
+    assert i8["rows_codes_equal_share_bnb"] > 0.9999 and i8["rows_codes_max_diff_bnb"] <= 1
+    assert i8["per_row_mse"] < i8["per_tensor_mse"]
+
+    # code books: the notebook's NF4 from normal quantiles is the kit's and bitsandbytes'; its E2M1
+    # is the kit's "fp4"; bitsandbytes' FP4 differs from E2M1 in its smallest level (+ and -)
+    cb = res["codebook_check"]
+    assert cb["nf4_equal_kit"] is True and cb["nf4_equal_bnb"] is True and cb["e2m1_equal_kit"] is True
+    assert cb["fp4_levels_differing"] == 2
+    assert cb["fp4_smallest_nonzero"]["E2M1"] == pytest.approx(1 / 12)
+    assert cb["fp4_smallest_nonzero"]["bitsandbytes"] == pytest.approx(1 / 192)
 
     # the kit's NF4 is bitsandbytes' NF4: same levels, same codes, same dequantized weights
     check = res["nf4_check"]
@@ -18,6 +35,11 @@ def test_quantization_notebook(tmp_path):
     assert check["loaded_layer_type"] == "Linear4bit"
     assert check["loaded_codes_equal_share"] == 1.0            # the model bnb loaded holds our codes
     assert check["loaded_vs_ours_mse"] < 0.05 * check["ours_vs_fp32_mse"]
+    # the notebook's blockwise quantize/dequantize equals both, bit for bit
+    for key in ("notebook_codes_equal_kit", "notebook_codes_equal_bnb", "notebook_absmax_equal_bnb",
+                "notebook_dequant_equal_kit", "notebook_dequant_equal_bnb"):
+        assert check[key] is True, key
+    assert all(v is True for v in res["fp4_check"].values()), res["fp4_check"]
 
     # error falls as bits rise (and about 6 dB per bit once the grid is fine)
     sweep = sorted(res["bits_sweep"], key=lambda r: r["bits"])
@@ -37,9 +59,11 @@ def test_quantization_notebook(tmp_path):
     assert dq["double_bits_per_param"] == pytest.approx(4.127, abs=0.002)
     assert dq["bnb_double_bits_per_param"] == pytest.approx(dq["double_bits_per_param"], abs=0.002)
 
-    # NF4 has the smallest error of the 4-bit code books on real weights
+    # NF4 has the smallest error of the 4-bit code books on real weights, both FP4s included
     fe = res["format_errors"]
-    assert fe["NF4"] < fe["FP4"] and fe["NF4"] < fe["int4"]
+    assert set(fe) == {"int4", "FP4 (E2M1)", "FP4 (bitsandbytes)", "NF4"}
+    assert fe["NF4"] < fe["FP4 (E2M1)"] and fe["NF4"] < fe["FP4 (bitsandbytes)"] and fe["NF4"] < fe["int4"]
+    assert fe["FP4 (E2M1)"] < fe["FP4 (bitsandbytes)"]          # 1/192 is nearly a second zero
 
     # whole model: the 4-bit model's weights take less than a third of fp32's; 2 bits break it
     rows = {r["format"]: r for r in res["whole_model"]}
@@ -50,3 +74,12 @@ def test_quantization_notebook(tmp_path):
     assert rows["int2 (fake)"]["loss"] > rows["nf4"]["loss"] > rows["fp32"]["loss"] * 0.95
     for name in ("04_codebooks", "04_blocksize", "04_bits", "04_formats", "04_whole_model"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
+
+    # the exercises: each check passes with its solution, fails unanswered and with a wrong answer
+    ex = {int(k): v for k, v in res["exercises"].items()}
+    down_proj_gain = ex[1]["facts"]["layers"][res["layer"]]["gain_db"]
+    perplexity = ex[3]["facts"]["perplexity"]
+    assert abs(down_proj_gain - ex[1]["facts"]["layers"][ex[1]["facts"]["layer"]]["gain_db"]) > 1.0
+    assert ex[2]["facts"]["measured"]["256"]["double_bits"] == pytest.approx(4 + 8 / 256 + 32 / 256**2, abs=0.002)
+    assert_exercises(res, wrong={1: down_proj_gain, 2: {32: 5.0, 256: 4.125},
+                                 3: max(perplexity, key=perplexity.get)})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 
 
 @pytest.mark.notebook
@@ -17,6 +17,11 @@ def test_qlora_notebook(tmp_path):
     assert res["adapter_dtypes"]["lora_B"]["dtype"] == "float32"
     assert res["adapter_dtypes"]["4-bit base weight"]["trainable"] is False
 
+    # the 4-bit base's own weight memory, without the adapters (fp32 on a CPU: 4 bytes each)
+    row = res["overview_row"]
+    assert row["base_weight_memory_mb"] == res["base_weight_mb"]
+    assert row["weight_memory_mb"] - res["base_weight_mb"] == pytest.approx(res["trainable"] * 4 / 1e6, rel=0.02)
+
     # QLoRA trains exactly LoRA's parameters at the same rank
     assert res["trainable"] == res["lora_trainable"]
     assert res["trainable_share"] == pytest.approx(res["lora_trainable_share"], rel=1e-6)
@@ -30,6 +35,23 @@ def test_qlora_notebook(tmp_path):
     assert steps["prepared + checkpointing"]["ledger"]["activations"] < steps["prepared"]["ledger"]["activations"] / 2
     assert steps["prepared"]["ledger"]["weights"] == steps["no preparation"]["ledger"]["weights"]  # fp32 on a CPU already
     assert res["upcast_mb"] > 0
+    # what prepare_model_for_kbit_training does with the kit's arguments (use_reentrant=False):
+    # no checkpointing unless asked, no embedding hook from peft; peft's default turns both on
+    calls = res["kbit_calls"]
+    assert all(c["all_frozen"] for c in calls.values())
+    assert calls["peft's default call"] == {"all_frozen": True, "embedding_output_requires_grad": True,
+                                            "gradient_checkpointing": True}
+    kit_off, kit_on = (calls[f"the kit's call (gradient_checkpointing={v})"] for v in (False, True))
+    assert kit_off["gradient_checkpointing"] is False and kit_off["embedding_output_requires_grad"] is False
+    assert kit_on["gradient_checkpointing"] is True
+    assert kit_on["embedding_output_requires_grad"] is True     # transformers' checkpointing adds the hook
+    for label, step in steps.items():                             # every setup trains the adapters
+        assert step["lora_b_moved_share"] == 1.0, label
+
+    # one run states its interval
+    low, high = res["accuracy_after_interval"]
+    assert low <= res["accuracy_after"] <= high and high - low > 0.1
+    assert res["correct_after"] == round(res["accuracy_after"] * res["n_test"])
 
     # NF4 damages the weights less than FP4
     q = res["quant_compare"]
@@ -39,8 +61,13 @@ def test_qlora_notebook(tmp_path):
     merge = res["merge"]
     assert merge["merged, fp32"]["max_logit_diff"] < 1e-2
     assert merge["merged, re-quantized to NF4"]["max_logit_diff"] > 10 * merge["merged, fp32"]["max_logit_diff"]
+    # why: most update entries are below half an NF4 step, and re-quantizing snaps them back
+    rounding = res["merge_rounding"]
+    assert rounding["update_entries"] > 1e6
+    assert rounding["below_half_step_share"] > 0.5
+    assert rounding["codes_unchanged_share"] == pytest.approx(rounding["below_half_step_share"], abs=0.02)
+    assert rounding["requantized_vs_base_max_logit_diff"] < rounding["requantized_vs_adapter_max_logit_diff"]
 
-    row = res["overview_row"]
     assert row["method"] == "qlora"
     for key in ("trainable_share", "weight_memory_mb", "train_memory_mb", "step_time_s", "accuracy_before",
                 "accuracy_after", "retention_before", "retention_after"):
@@ -48,3 +75,13 @@ def test_qlora_notebook(tmp_path):
     assert row["weight_memory_mb"] < res["parameters"] * 4 / 1e6 / 2       # well under fp32's weights
     for name in ("05_prepare_checkpointing", "05_loss_curves"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
+
+    # the exercises: each check passes with its solution, fails unanswered and with a wrong answer
+    ex = {int(k): v for k, v in res["exercises"].items()}
+    val_loss = ex[1]["facts"]["val_loss"]
+    small = ex[2]["facts"]["per_rank"][str(ex[2]["facts"]["ranks"][0])]
+    assert ex[2]["facts"]["per_rank"]["64"]["trainable"] == 8 * small["trainable"]   # linear in r
+    assert ex[3]["facts"]["optimizer"] == "paged_adamw_8bit" and ex[3]["facts"]["compute_dtype"] == "float16"
+    assert_exercises(res, wrong={1: max(val_loss, key=val_loss.get),
+                                 2: (small["gradients_mb"] + small["adam_mb"]) / res["base_weight_mb"],
+                                 3: ("adamw_torch", "bfloat16")})

@@ -1,25 +1,36 @@
 """06 · Which one should you use?, run headless; assertions on what it recorded.
 
-The first test runs the smoke parameters on the bundled model (its own short runs). The second
-runs the notebook twice on tiny-llama with another RANK and GPU and checks that the tables move
-with them: nothing in them is typed by hand."""
+Both tests read a smoke study (`python -m kit study --smoke`, made once for the module). The
+first runs the smoke parameters on the bundled model (its own short runs). The second runs the
+notebook twice on tiny-llama with another RANK and GPU and checks that the tables move with
+them: nothing in them is typed by hand."""
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 
 
 NAME = "06_choosing_a_method"
 
 
-def run(folder, **overrides):
-    return run_notebook(NAME, folder, **overrides)
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """A smoke study (tiny-llama, a few steps; about 40 s): the notebook's STUDY."""
+    from kit import study
+    out = tmp_path_factory.mktemp("study")
+    study.run(study.SMOKE, out)
+    return out / "study.json"
+
+
+def run(folder, study, **overrides):
+    return run_notebook(NAME, folder, STUDY=str(study), **overrides)
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_choosing_notebook(tmp_path):
-    res = run(tmp_path)
+def test_choosing_notebook(tmp_path, smoke_study):
+    import json
+    res = run(tmp_path, smoke_study)
     rows = {r["method"]: r for r in res["overview_rows"]}
     assert set(rows) == {"full", "lora", "qlora"}
     full, lora, qlora = rows["full"], rows["lora"], rows["qlora"]
@@ -53,16 +64,51 @@ def test_choosing_notebook(tmp_path):
     calc = res["calculator"]
     assert calc["settings"]["gpu"] == "T4" and calc["fits"] is True      # 7B QLoRA on a T4
     assert calc["largest"]["qlora"]["params"] > calc["largest"]["lora"]["params"] > calc["largest"]["full"]["params"]
-    for fig in ("06_overview", "06_estimate_vs_measured", "06_seed_table", "06_calculator"):
+    for fig in ("06_overview", "06_estimate_vs_measured", "06_seed_table", "06_calculator",
+                "06_study_lr_curves", "06_study_learning_forgetting", "06_study_loss_bands"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
+
+    # quality comes from the study, with its intervals and the pairs' verdicts
+    summary = json.loads(smoke_study.read_text())
+    study = res["study"]
+    assert study["path"] == str(smoke_study) and study["smoke"] is True and study["reference"] is False
+    assert study["hardware"] == summary["hardware"] and study["recorded_at"] == summary["recorded_at"]
+    assert "smoke study" in study["label"] and "recorded on" not in study["label"]
+    assert set(study["methods"]) == {"full", "lora", "qlora"}
+    for m, info in study["methods"].items():
+        assert info["chosen_lr"] == summary["methods"][m]["chosen_lr"] and info["chosen_lr"] in info["rates"]
+        acc = info["accuracy"]
+        assert acc["n"] == summary["settings"]["seeds"] and 0 <= acc["mean"] <= 1
+        assert rows[m]["accuracy_after"] == pytest.approx(acc["mean"])            # the study's, not a short run's
+        assert rows[m]["retention_after"] == pytest.approx(info["capitals"]["mean"])
+        assert "study" in rows[m]["quality_source"] and info["kl"]["mean"] >= 0
+    assert rows["qlora"]["accuracy_before"] == summary["base"]["nf4"]["accuracy"]
+    assert set(study["pairs"]) == {"full vs lora", "full vs qlora", "lora vs qlora"}
+    for pair, p in study["pairs"].items():
+        assert p["verdict"] in ("different", "within noise") and p["low"] <= p["diff"] <= p["high"]
+        assert (p["verdict"] == "within noise") == (p["low"] <= 0 <= p["high"])
+        assert p["verdict"] in res["decision"] and pair in res["decision"]
+    assert study["lr_ratio"] == pytest.approx(study["methods"]["lora"]["chosen_lr"] / study["methods"]["full"]["chosen_lr"])
+
+    # the decision names the estimator's error band where the headroom is smaller than it
+    band = res["peak_band"]
+    assert 1.05 < band < 1.2                                  # CUDA peak / estimate on the H200
+    gpu_gb = res["calculator"]["gpu_gb"]
+    for m, b in res["decision_band"].items():
+        assert b["7b_inside_band"] == (b["7b_gb"] <= gpu_gb < b["7b_gb"] * band), m
+    assert res["decision_band"]["lora"]["7b_inside_band"] is True     # 7B LoRA on a T4: ~14 of 15 GB
+    assert res["decision_band"]["qlora"]["7b_inside_band"] is False
+    assert "error band" in res["decision"]
+
+    assert_exercises(res, wrong={1: (["full-amp", "lora"], False), 2: (8192, 8192), 3: 10.0})
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_tables_follow_rank_and_gpu(tmp_path):
-    tiny = {"MODEL": "tiny-llama", "N_TEST": 2, "N_PROBE": 2, "STEPS": 1}
-    a = run(tmp_path / "a", RANK=4, GPU="T4", **tiny)
-    b = run(tmp_path / "b", RANK=16, GPU="A100-80GB", **tiny)
+def test_tables_follow_rank_and_gpu(tmp_path, smoke_study):
+    tiny = {"MODEL": "tiny-llama", "STEPS": 1, "EXERCISES": False}
+    a = run(tmp_path / "a", smoke_study, RANK=4, GPU="T4", **tiny)
+    b = run(tmp_path / "b", smoke_study, RANK=16, GPU="A100-80GB", **tiny)
     share = lambda res, m: next(r for r in res["overview_rows"] if r["method"] == m)["trainable_share"]
     assert share(b, "lora") == pytest.approx(4 * share(a, "lora"), rel=0.02)      # r 4 -> 16
     assert share(b, "qlora") > share(a, "qlora")

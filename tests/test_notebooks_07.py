@@ -1,11 +1,12 @@
 """07 · Scaling out, run headless with its smoke parameters (tiny-llama, a few steps);
 assertions on what it recorded: the resumed run is continuous and equal to the uninterrupted
 one, two processes trained on different data and ended with the same weights, and the per-GPU
-table behaves as DDP and FSDP do."""
+table behaves as DDP and FSDP do; the exercises' checks pass with their solutions and fail with
+a wrong answer."""
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_exercises, run_notebook
 from kit.runner import NOTEBOOKS
 from kit.runner import smoke_parameters
 
@@ -77,4 +78,15 @@ def test_scaling_out_notebook(tmp_path):
     for fig in ("07_resume", "07_data_parallel", "07_per_gpu_by_count", "07_per_gpu"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
     assert res["hardware"] and set(res["seconds"]) >= {"first_half", "second_half", "one_process",
-                                                       "two_processes", "gpu_check", "notebook"}
+                                                       "two_processes", "gpu_check", "notebook", "ex1", "ex3"}
+
+    # exercises: half the batch on two processes = the one-process examples, but not its losses;
+    # the Ctrl-C checkpointed the finished steps and the same command resumed there
+    ex = {int(k): v["facts"] for k, v in res["exercises"].items()}
+    assert ex[1]["stream_rebuilt"] is True and ex[1]["same_examples"] is True
+    assert ex[1]["identical"] is False and 0 < ex[1]["max_loss_diff"] < 0.5 * resume["losses"][0]
+    assert (ex[2]["fewest_lora_70b"], ex[2]["fewest_full_8b"]) == (fewest["llama-2-70b"]["lora"]["A100-80GB"], 2)
+    assert set(ex[2]["largest_flat"].values()) == {"activations"}
+    assert ex[3]["exit_code"] == 130 and ex[3]["interrupted_at"] >= 1
+    assert ex[3]["resumed_at"] == ex[3]["interrupted_at"] and ex[3]["steps_done"] == ex[3]["interrupted_at"] + 2
+    assert_exercises(res, wrong={1: (True, True), 2: (1, 1, "weights"), 3: 0})

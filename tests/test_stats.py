@@ -47,3 +47,22 @@ def test_mean_interval_over_seeds():
     assert r["mean"] == pytest.approx(0.32) and r["n"] == 3
     assert r["high"] - r["mean"] == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)
     assert stats.mean_interval([0.5])["low"] is None
+
+
+def test_seeds_and_items_bootstrap_holds_the_noise_of_training():
+    import random as _random
+    items = 200
+    # two methods, three seeds each; the same true accuracy, but seeds that vary a lot
+    rng = _random.Random(0)
+    noisy = lambda p: [rng.random() < p for _ in range(items)]
+    a = [noisy(0.40), noisy(0.50), noisy(0.45)]
+    b = [noisy(0.44), noisy(0.46), noisy(0.47)]
+    r = stats.seeds_and_items_bootstrap(a, b, n_boot=2000)
+    assert r["low"] < 0 < r["high"] and r["verdict"] == "within noise"
+    items_only = stats.paired_bootstrap([sum(c) / 3 for c in zip(*a)], [sum(c) / 3 for c in zip(*b)])
+    assert r["high"] - r["low"] > items_only["high"] - items_only["low"]   # wider: training's noise too
+    better = [[True] * 120 + [False] * 80] * 3                                # a clear gap, seed after seed
+    worse = [[True] * 60 + [False] * 140] * 3
+    assert stats.seeds_and_items_bootstrap(better, worse, n_boot=2000)["verdict"] == "different"
+    with pytest.raises(ValueError, match="same non-empty list of items"):
+        stats.seeds_and_items_bootstrap([[True]], [[True, False]])

@@ -52,7 +52,9 @@ def test_loss_falls_and_history_is_recorded(method, quantization, lr):
     # so the bar is a clear, deterministic fall rather than a large one.
     assert sum(losses[-2:]) / 2 < losses[0] - 0.1, losses
     step = result.history.steps[-1]
-    assert set(step) == {"step", "loss", "lr", "tokens", "tokens_per_s", "step_time", "memory", "batch_crc"}
+    assert set(step) == {"step", "loss", "lr", "tokens", "tokens_per_s", "step_time", "memory", "padding",
+                         "batch_crc"}
+    assert 0 <= step["padding"] < 1
     assert step["step"] == FAST["max_steps"] and step["tokens"] > 0 and step["memory"] > 0
     assert len({s["batch_crc"] for s in result.history.steps}) > 1  # a checksum of each step's data
     assert step["lr"] == pytest.approx(lr)
@@ -83,7 +85,7 @@ def test_overrides_reach_the_adapter_config(tiny):
                       lora_target_modules=["q_proj", "v_proj"], **(FAST | {"max_steps": 1}))
     cfg = result.model.peft_config["default"]
     assert cfg.r == 4 and cfg.lora_alpha == 8 and set(cfg.target_modules) == {"q_proj", "v_proj"}
-    assert result.history.config["learning_rate"] == DEFAULT_LR["lora"] == 2e-3
+    assert result.history.config["learning_rate"] == DEFAULT_LR["lora"] == 3e-3   # the study's choice
     assert "batch_crc" not in result.history.steps[0]   # the checksum only when asked for
 
 
