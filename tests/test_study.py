@@ -81,3 +81,22 @@ def test_the_study_resumes_without_running_finished_runs(smoke, monkeypatch):
     assert again["methods"] == first["methods"] and again["pairs"] == first["pairs"]
     with pytest.raises(ValueError, match="other settings"):
         study.run(study.StudyConfig(model="tiny-llama"), out)
+
+
+def test_lesson_06s_figures_are_the_committed_reference_study(tmp_path):
+    """The study figures lesson 06 shows are what kit.plots draws from the committed study.json,
+    up to anti-aliasing: a figure cannot drift from the numbers the lesson quotes (moving LoRA's
+    chosen-rate marker one rate over changes 0.14% of the first figure's pixels)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    from kit import lessons, plots
+
+    reference = lessons.REFERENCE / "study"
+    summary = json.loads((reference / "study.json").read_text())
+    for name, path in plots.study_figures(summary, tmp_path).items():
+        committed = mpimg.imread(reference / "figures" / f"{name}.png")
+        drawn = mpimg.imread(path)
+        assert drawn.shape == committed.shape, name
+        changed = (np.abs(drawn - committed).max(axis=-1) > 0.1).mean()   # share of pixels that differ
+        assert changed < 1e-4, f"{name}.png differs from the reference study ({changed:.2%} of its pixels)"
