@@ -25,6 +25,6 @@ def test_your_own_data_notebook(tmp_path):
     assert res["replies"]["merged"] == res["replies"]["default"]
     s = res["shipped"]
     assert s["adapter_max_diff"] < 1e-5                    # plain peft loads the adapter
-    assert s["merged_reload_max_diff"] == 0 and s["merged_dtype"] == "bfloat16"   # plain transformers
+    assert s["merged_reload_max_diff"] < 0.05 and s["merged_dtype"] == "bfloat16"   # plain transformers: a few bf16 steps
     assert s["merge_max_diff"] < 1e-4 and s["qlora_merge_max_diff"] < 1e-4
     assert_exercises(res, wrong={1: 1, 2: 0.99, 3: False})
