@@ -1,4 +1,5 @@
-"""08 · Your own data, run headless with its smoke parameters (tiny-llama); assertions on what it
+"""08 · Your own data, run headless with its smoke parameters (the bundled SmolLM2-135M, so that the
+TRL parity is tested on a trained model, not a random one); assertions on what it
 recorded: the three formats, the loss mask of a multi-turn conversation, padding, the same run in
 TRL, the chat, and what it ships loading in plain transformers and peft."""
 import pytest
@@ -25,6 +26,8 @@ def test_your_own_data_notebook(tmp_path):
     assert res["replies"]["merged"] == res["replies"]["default"]
     s = res["shipped"]
     assert s["adapter_max_diff"] < 1e-5                    # plain peft loads the adapter
-    assert s["merged_reload_max_diff"] < 0.05 and s["merged_dtype"] == "bfloat16"   # plain transformers: a few bf16 steps
-    assert s["merge_max_diff"] < 1e-4 and s["qlora_merge_max_diff"] < 1e-4
+    assert s["merged_weights_equal"] and s["merged_dtype"] == "bfloat16"   # plain transformers loads what was saved
+    assert s["merged_reload_max_diff"] < 1e-6, s      # ... and computes what the merged bf16 model computes
+    # merged = unmerged up to fp32 rounding on logits of size 10-30 (about 1e-4 on the bundled model)
+    assert s["merge_max_diff"] < 5e-4 and s["qlora_merge_max_diff"] < 5e-4
     assert_exercises(res, wrong={1: 1, 2: 0.99, 3: False})
