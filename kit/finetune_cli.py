@@ -80,6 +80,18 @@ def _check_same_recipe(folder: Path, recipe: dict) -> None:
         raise recipes.RecipeError(f"{e} (--output_dir <new folder>, or --resume false)") from None
 
 
+def _progress_lines(max_steps: int, say):
+    """Where no progress bar shows (output to a file or a pipe): one line for the first step
+    this run finishes, then one for each twentieth of max_steps."""
+    every, first = max(1, max_steps // 20), []
+
+    def on_step(record: dict) -> None:
+        if not first or record["step"] % every == 0 or record["step"] == max_steps:
+            first.append(record["step"])
+            say(f"step {record['step']}/{max_steps}: loss {record['loss']:.4f}", flush=True)
+    return on_step
+
+
 def _weights_crc(model) -> int:
     crc = 0
     for name, t in sorted(checkpoint.trainable_state(model).items()):
@@ -143,7 +155,8 @@ def run(recipe: dict) -> dict:
     try:
         result = finetune(model, tokenizer, data, recipe["method"], config,
                           checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
-                          trace_batches=True)  # history.json: which data each step saw
+                          trace_batches=True,  # history.json: which data each step saw
+                          on_step=_progress_lines(recipe["max_steps"], say) if config.disable_tqdm else None)
     except KeyboardInterrupt:
         say(f"\ninterrupted: the finished steps are checkpointed in {folder / 'checkpoints'}; "
             "run the same command to resume.")
