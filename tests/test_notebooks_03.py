@@ -21,8 +21,10 @@ def recorded(tmp_path_factory):
 def test_few_parameters_train_and_training_helps(recorded):
     _, _, res = recorded
     assert res["rank"] == 8 and res["trainable_share"] < 0.02
-    assert res["accuracy_after"] > res["accuracy_before"]
+    # the smoke run trains tiny-llama (random weights): its loss falls, its exact match stays at 0.
+    # That LoRA and QLoRA raise exact match on the bundled model: tests/test_train.py
     assert res["train_loss"][-1] < res["train_loss"][0]
+    assert 0 <= res["accuracy_before"] <= 1 and 0 <= res["accuracy_after"] <= 1
     # the frozen base needs no gradients and no Adam states: those bars shrink
     assert res["ledger"]["gradients"] < 0.05 * res["ledger_full"]["gradients"]
     assert res["ledger"]["optimizer"] < 0.05 * res["ledger_full"]["optimizer"]
