@@ -71,12 +71,21 @@ def run_notebook(name: str, folder, **overrides) -> dict:
     return json.loads((folder / "results" / f"{name}.json").read_text())
 
 
+# The longest test files (a few minutes each on 2 cores), longest first: run first, so that
+# under pytest-xdist no worker is left with a long file at the end while the other waits.
+LONGEST_FIRST = ["test_notebooks_06.py", "test_notebooks_07.py", "test_notebooks_08.py", "test_notebooks_02.py",
+                 "test_train.py", "test_browser.py", "test_finetune_cli.py", "test_notebooks_04.py",
+                 "test_evaluate.py", "test_notebooks_03.py", "test_notebooks_01.py", "test_notebooks_05.py"]
+
+
 def pytest_collection_modifyitems(items):
     """A test that loads the bundled 135M model (fixtures `bundled`, `bundled_shared`) is slow:
-    `make test-fast` (-m "not slow ...") leaves it out."""
+    `make test-fast` (-m "not slow ...") leaves it out. The longest files go first."""
     for item in items:
         if {"bundled", "bundled_shared"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: files keep their order
 
 
 def assert_exercises(results: dict, wrong: dict) -> None:
