@@ -32,11 +32,12 @@ study: setup          ## full vs LoRA vs QLoRA: rate sweeps, seeds, intervals, f
 	$(BIN)/python -m kit study
 
 # make test runs the suite in TEST_WORKERS processes (pytest-xdist), each test file in one of
-# them, the cores shared out among them (tests/conftest.py); TEST_WORKERS=1: one after another.
+# them, the cores shared out among them, the longest files first in the order tests/conftest.py
+# gives (not xdist's own: most tests first); TEST_WORKERS=1: one after another.
 TEST_WORKERS ?= 2
 
 test: setup           ## the whole test suite, notebooks and browser test included
-	$(BIN)/python -m pytest -q $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+	$(BIN)/python -m pytest -q $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
 test-fast: setup      ## unit tests only: no 135M model, no subprocesses, no notebooks, no browser (~2 min)
 	$(BIN)/python -m pytest -q -m "not slow and not notebook and not browser"
