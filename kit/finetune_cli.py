@@ -83,11 +83,12 @@ def _check_same_recipe(folder: Path, recipe: dict) -> None:
 def _progress_lines(max_steps: int, say):
     """Where no progress bar shows (output to a file or a pipe): one line for the first step
     this run finishes, then one for each twentieth of max_steps."""
-    every, first = max(1, max_steps // 20), []
+    every, shown = max(1, max_steps // 20), False
 
     def on_step(record: dict) -> None:
-        if not first or record["step"] % every == 0 or record["step"] == max_steps:
-            first.append(record["step"])
+        nonlocal shown
+        if not shown or record["step"] % every == 0 or record["step"] == max_steps:
+            shown = True
             say(f"step {record['step']}/{max_steps}: loss {record['loss']:.4f}", flush=True)
     return on_step
 
