@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kit import bnb_check
 from kit.files import read_json, read_tensors
 from kit.train import is_4bit
 
@@ -189,8 +190,11 @@ def merge(model, batch: dict | None = None) -> MergeResult:
     adapter model and the merged one on it.
     """
     _require_peft(model, "merge")
+    quantized = is_4bit(model)
+    if quantized:   # the reference logits and the merge both need the layout the model trained in
+        bnb_check.protect(model)
     reference = logits(model, batch) if batch is not None else None
-    if is_4bit(model):
+    if quantized:
         merged, method = _dequantize_and_merge(model), "qlora"
         note = "4-bit base dequantized to fp32, then W + B @ A * scaling; not re-quantized"
     else:
@@ -207,7 +211,7 @@ def dequantize(layer) -> torch.Tensor:
     """The weight (out, in) of a Linear or bitsandbytes Linear4bit, in fp32."""
     import bitsandbytes as bnb  # optional (4-bit merges only)
     if isinstance(layer, bnb.nn.Linear4bit):
-        return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        return bnb_check.dequantize(layer)  # bitsandbytes' decode, or kit.quant's where it is wrong here
     if isinstance(layer, nn.Linear):
         return layer.weight.detach().float()
     raise ValueError(f"Cannot merge into a {type(layer).__name__} layer: merge supports 16/32-bit "

@@ -19,6 +19,7 @@ import torch
 import transformers  # a lazy module: the model classes load on first use
 from huggingface_hub import try_to_load_from_cache
 
+from kit import bnb_check
 from kit.arch import MODELS, resolve_arch
 from kit.files import check_tensors
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
@@ -252,6 +253,9 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
                   needs the model's 16-bit dtype (`python -m kit finetune` sets it there).
     A local folder whose safetensors files are truncated or corrupt raises
     kit.files.DamagedFileError naming the file (only the headers are read to check).
+    A 4-bit model on a CPU is checked against the kit's own NF4 and a backward pass, shape by
+    shape (kit.bnb_check.protect): bitsandbytes' known CPU faults are worked around, and said so
+    in one line; where they cannot be, kit.bnb_check.Bnb4bitError names the layer and the fix.
     """
 
     prof = device_profile or read_profile()
@@ -274,6 +278,8 @@ def load_model(name: str = "smollm2-135m", quantization: str | None = None,
     model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconf is None and prof.device != "cpu":
         model.to(prof.device)
+    if quantization in ("nf4", "fp4"):
+        bnb_check.protect(model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -241,6 +241,13 @@ def _to_groups(w: torch.Tensor, blocksize) -> torch.Tensor:
     return nn.functional.pad(flat, (0, pad)).reshape(-1, blocksize)  # (n_blocks, blocksize)
 
 
+def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n 4-bit codes of a uint8 tensor holding two per byte, the first in the high
+    nibble (bitsandbytes' layout): (n,) uint8 codes in 0..15."""
+    flat = packed.reshape(-1)
+    return torch.stack([flat >> 4, flat & 0xF], dim=1).flatten()[:n]
+
+
 def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Index of the nearest level (levels sorted), via the midpoints between levels.
 

@@ -42,7 +42,7 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 from tqdm.auto import tqdm
 
-from kit import checkpoint
+from kit import bnb_check, checkpoint
 from kit.arch import DEFAULT_LR, OPTIMIZERS, check_method, target_modules
 from kit.data import SAMPLING, batches, pad_token_id, tokenize
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
@@ -255,6 +255,7 @@ def prepare_model(model: nn.Module, method: str, config: TrainConfig | None = No
     check_hparams(config.lora_r, config.lora_alpha, config.lora_dropout)
     target_modules(model, config.lora_target_modules, (nn.Linear, *_bnb_kinds()))  # names checked
     if method == "qlora":
+        bnb_check.protect(model)  # on a CPU: bitsandbytes' gradient-cutting repacking off (kit.bnb_check)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
     elif config.gradient_checkpointing:
