@@ -103,6 +103,7 @@ class Report:
     workarounds: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
+    repacking: Probe | None = None  # a layer trained after bitsandbytes repacked it (if it would)
 
     @property
     def line(self) -> str:
@@ -116,7 +117,12 @@ class Report:
     def as_dict(self) -> dict:
         return {"device": self.device, "status": self.status, "line": self.line,
                 "workarounds": list(self.workarounds), "problems": list(self.problems),
-                "probes": [dict(p.__dict__, shape=list(p.shape), ok=p.ok) for p in self.probes]}
+                "probes": [_probe_dict(p) for p in self.probes],
+                "repacking": _probe_dict(self.repacking) if self.repacking else None}
+
+
+def _probe_dict(p: Probe) -> dict:
+    return dict(p.__dict__, shape=list(p.shape), ok=p.ok)
 
 
 def _probe_layer(shape, blocksize: int, quant_type: str, nested: bool, fused: bool, seed: int = 0):
@@ -168,20 +174,18 @@ def _measure(layer, shape, decoded: bool) -> Probe:
                  x.grad is not None, decoded)
 
 
-def _repacking_fault(fused: bool) -> str | None:
-    """What bitsandbytes' CPU inference repacking, as it is set up here, does to a layer that
-    is trained after an eval pass (None: nothing wrong, or the repacking is off)."""
-    if not fused:
-        return None
+def _repacking_fault() -> tuple[Probe | None, str | None]:
+    """Train a layer that bitsandbytes' CPU inference repacking was allowed to repack: (the
+    probe, what went wrong or None)."""
     try:
         probe = _measure(_probe_layer((128, 64), 64, "nf4", True, fused=True), (128, 64), False)
     except Exception as e:       # the repacking itself failed: it is no use here either
-        return f"it failed: {type(e).__name__}"
+        return None, f"it failed: {type(e).__name__}"
     if not probe.gradient_reached:
-        return "after an eval pass it cut the gradient"
+        return probe, "after an eval pass it cut the gradient"
     if probe.forward_error > TOLERANCE or not probe.gradient:
-        return f"after an eval pass its forward was off by {probe.forward_error:.2g}"
-    return None
+        return probe, f"after an eval pass its forward was off by {probe.forward_error:.2g}"
+    return probe, None
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,11 +195,12 @@ def check(shapes: tuple = ((576, 576), (1536, 576), (576, 1536)), blocksize: int
 
     fused: the repacking flag to test (None: what bitsandbytes picks on this CPU; True forces
     the repacking, as on an AVX512-BF16 CPU). Cached: each set of shapes is measured once."""
-    import bitsandbytes as bnb  # optional: a CPU-only install may lack it
     if fused is None:
-        fused = bool(bnb.functional.has_avx512bf16())
+        fused = has_avx512bf16()
     report = Report("cpu", "exact")
-    fault = _repacking_fault(fused)
+    fault = None
+    if fused:
+        report.repacking, fault = _repacking_fault()
     if fault:
         report.workarounds.append(f"fused bf16 repacking switched off: {fault}")
     for shape in dict.fromkeys(tuple(s) for s in shapes):
@@ -311,13 +316,19 @@ def _say_once(line: str) -> None:
     print(line, flush=True)
 
 
+def has_avx512bf16() -> bool:
+    """Does bitsandbytes see AVX512-BF16 on this CPU (and so repack layers on its own)?"""
+    import bitsandbytes as bnb  # optional: a CPU-only install may lack it
+    return bool(bnb.functional.has_avx512bf16())
+
+
 def fused_inference(model) -> int:
     """The stated choice for chat after training: let bitsandbytes repack the 4-bit layers
     for its fused bf16 CPU kernel (faster generation, answers within bf16 rounding). The model
     must not be trained or merged afterwards without protect() (prepare_model and the kit's
     merge call it). Returns how many layers may repack (0 on a CPU without AVX512-BF16)."""
     import bitsandbytes as bnb  # optional: a CPU-only install may lack it
-    if not bnb.functional.has_avx512bf16():
+    if not has_avx512bf16():
         return 0
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
               and not getattr(m, "kit_decoded", False) and m.out_features % 32 == 0]

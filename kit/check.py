@@ -175,6 +175,29 @@ def ex04_3(answer, perplexity: dict | None = None, weight_error: dict | None = N
                    'one: "E2M1" or "bitsandbytes".', answer)
 
 
+def ex04_4(answer, blocksize: int | None = None, off: dict | None = None) -> bool:
+    if not off:
+        return _run_first(answer)
+    wrong = sorted(int(w) for w, e in off.items() if e > 1e-5)
+    try:
+        given = sorted({int(a) for a in answer})
+    except (TypeError, ValueError):
+        given = None
+    whole = [int(w) for w in off if int(w) % blocksize == 0]
+    if wrong:
+        right = (f"rows of {', '.join(map(str, wrong))}: bitsandbytes' decode is "
+                 f"{max(off[str(w)] for w in wrong):.0%} of the largest weight away from the kit's at most. "
+                 f"Those rows are not whole blocks of {blocksize}, and this CPU's kernel starts a new block at "
+                 "every row, so the constants are read for the wrong weights. Rows of "
+                 f"{', '.join(map(str, whole)) or 'whole blocks'} decode exactly. A model with such rows gets "
+                 "kit.quant's decode in those layers (load_model says so in one line).")
+    else:
+        right = ("none: on this machine bitsandbytes decodes every shape exactly as kit.quant does. On AVX-512 "
+                 "CPUs its kernel counts blocks per row, and rows that are not whole blocks come out wrong.")
+    return verdict(given == wrong, right, "list the row lengths whose printed difference is not 0, "
+                   "e.g. [96]; [] if every one printed 0.", answer)
+
+
 # ============================================================================ 05 · QLoRA
 def ex05_1(answer, steps: int | None = None, val_loss: dict | None = None,
            base_val_loss: dict | None = None) -> bool:
@@ -236,6 +259,25 @@ def ex05_3(answer, optimizer: str, compute_dtype: str, grad_scaling: bool, here:
                    f"{here['step_s']:.2f} s per step: compare the median step time a T4 prints.",
                    "read the profile's `compute` line, and what pick_optimizer returns for a CUDA device; "
                    'answer as a pair, e.g. ("adamw_torch", "float32").', answer)
+
+
+def ex05_4(answer, reached: bool | None = None, right: bool | None = None, forward_error: float | None = None,
+           native: bool = False, line: str = "") -> bool:
+    if reached is None:
+        return _run_first(answer)
+    if not reached:
+        what = ("no gradient reached the input: the fused bf16 kernel has no backward, so every 4-bit "
+                "layer would cut the gradient to the layers below it")
+    elif not right:
+        what = ("a gradient reached the input, but the repacked bytes were read in the usual layout and "
+                f"the forward was {forward_error:.2g} off: the layer computed with other weights")
+    else:
+        what = "the gradient reached the input and was right"
+    where = ("This CPU has AVX512-BF16: bitsandbytes would do this on its own after any inference pass. "
+             if native else "This CPU has no AVX512-BF16, so bitsandbytes never repacks here on its own. ")
+    return verdict(bool(answer) == bool(reached) and isinstance(answer, bool),
+                   f"{what}. {where}The kit keeps the repacking off every model it loads: {line}",
+                   "read the first printed line: did the gradient reach the input (True or False)?", answer)
 
 
 # ============================================================================ 02 · LoRA from scratch

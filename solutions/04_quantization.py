@@ -22,3 +22,10 @@ def ex3(ns):
     # the FP4 format whose whole model scored the lower perplexity
     rows = ns.get("ex3_rows")
     return min(rows, key=lambda name: rows[name]["perplexity"]) if rows else None
+
+
+def ex4(ns):
+    # the row lengths whose bitsandbytes decode differs from the kit's decode of its own codes
+    if "ex4" not in ns:
+        return None
+    return [p.shape[1] for p in ns["ex4"].probes if p.dequantize_error > 1e-5]

@@ -23,3 +23,10 @@ def ex3(ns):
     # CUDA: the paged 8-bit AdamW; compute capability 7.5: fp16 (with gradient scaling), not bf16
     t4 = ns["t4"]
     return ns["pick_optimizer"]("auto", t4), t4.dtype_name
+
+
+def ex4(ns):
+    # whether the forced repacking left a gradient at the probe layer's input
+    if "ex4" not in ns or ns["ex4"].repacking is None:
+        return None
+    return ns["ex4"].repacking.gradient_reached

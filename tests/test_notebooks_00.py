@@ -12,6 +12,9 @@ def test_setup_notebook_preflight(tmp_path):
     assert "Paris" in res["answer"]
     assert res["parameters"] == 134_515_008
     assert res["device"]["compute_dtype"] in ("float32", "float16", "bfloat16")
+    check = res["bnb_4bit_check"]             # bitsandbytes against kit.quant and a backward pass
+    assert check["status"] in ("exact", "worked around") and all(p["ok"] for p in check["probes"])
+    assert check["line"].startswith("bitsandbytes 4-bit on this CPU: ")
     ratio = res["footprint_ratio"]
     assert 0.45 < ratio["bf16"] < 0.55                  # 2 bytes instead of 4
     assert ratio["nf4"] < 1 / 3                         # 4-bit codes + constants, fp32 embedding

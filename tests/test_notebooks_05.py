@@ -89,4 +89,6 @@ def test_qlora_notebook(tmp_path):
     assert ex[3]["facts"]["optimizer"] == "paged_adamw_8bit" and ex[3]["facts"]["compute_dtype"] == "float16"
     assert_exercises(res, wrong={1: max(val_loss, key=val_loss.get),
                                  2: (small["gradients_mb"] + small["adam_mb"]) / res["base_weight_mb"],
-                                 3: ("adamw_torch", "bfloat16")})
+                                 3: ("adamw_torch", "bfloat16"), 4: not ex[4]["facts"]["reached"]})
+    if ex[4]["facts"]["native"]:                     # an AVX512-BF16 CPU: the repacking cuts the gradient
+        assert ex[4]["facts"]["reached"] is False
