@@ -9,15 +9,21 @@
     gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
     lessons      render the lessons from the reference run (or --run FOLDER: from yours)
     sync-links   rewrite the Colab links of notebooks and README from pyproject's URL
+
+A mistake in what a command is given (a data row, a recipe, a knob's value, a model name, a
+missing or damaged file) is one line, `error: ...`, and exit code 2 (kit.errors); --debug,
+before or after the command, shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from kit.errors import command
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+
+@command
+def main(argv: list[str]) -> int:
     if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.recipe)
         from kit.finetune_cli import main as finetune_main  # loads the training stack: lazy
         return finetune_main(argv[1:])
@@ -26,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return chat_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error too (any command, before or after it)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="convert the bundled model once (offline)")
     sub.add_parser("device", help="print the device profile and dtype policy")
@@ -70,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         from kit.runner import run as run_all
-        try:
-            summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
         return 0 if summary.ok else 1
     if args.command == "lessons":
         from kit.lessons import main as lessons_main
@@ -83,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         from kit import study
         from kit.plots import study_figures
         out = args.out or ("runs/study-smoke" if args.smoke else "runs/study")
-        try:
-            summary = study.run(study.SMOKE if args.smoke else study.StudyConfig(), out)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        summary = study.run(study.SMOKE if args.smoke else study.StudyConfig(), out)
         study_figures(summary, f"{out}/figures")
         print(study.report(summary))
         print(f"written to {out}/study.json and {out}/figures/")

@@ -21,6 +21,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import yaml
 from kit import checkpoint, recipe as recipes
 from kit.adapters import save_adapter, save_full
 from kit.data import make_task
-from kit.formats import load_hub, load_local
+from kit.errors import command
+from kit.files import read_json
+from kit.formats import SkippedRowsWarning, load_hub, load_local
 from kit.device import profile
 from kit.evaluate import exact_match
 from kit.models import load_model, parameter_count
@@ -51,15 +54,31 @@ def _accelerator():
 
 
 def _data(recipe: dict):
+    columns = dict(prompt_column=recipe["prompt_column"], response_column=recipe["response_column"],
+                   seed=recipe["seed"], skip_bad_rows=recipe["skip_bad_rows"])
     if recipe["data_file"]:
-        return load_local(recipe["data_file"], recipe["prompt_column"], recipe["response_column"],
-                          seed=recipe["seed"])
+        return load_local(recipe["data_file"], **columns)
     if recipe["hub_dataset"]:
-        return load_hub(recipe["hub_dataset"], recipe["prompt_column"], recipe["response_column"],
-                        seed=recipe["seed"])
+        return load_hub(recipe["hub_dataset"], **columns)
     n_test = max(recipe["eval_examples"], 1)
     return make_task(recipe["task"], n_train=recipe["n_train"], n_val=recipe["n_val"],
                      n_test=n_test, seed=recipe["seed"])
+
+
+def _checked_data(recipe: dict, say) -> tuple:
+    """(the data, the number of rows skipped), read before any model loads: a row that cannot
+    be used stops the run here (or, with skip_bad_rows, is skipped and counted in one line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedRowsWarning)
+        data = _data(recipe)
+    skipped = 0
+    for w in caught:
+        if isinstance(w.message, SkippedRowsWarning):
+            say(str(w.message))
+            skipped += w.message.count
+        else:  # any other warning, shown as it would have been
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return data, skipped
 
 
 def _knobs(recipe: dict) -> dict:
@@ -72,7 +91,12 @@ def _check_same_recipe(folder: Path, recipe: dict) -> None:
     saved_file = folder / "recipe.yaml"
     if not saved_file.exists() or not checkpoint.checkpoints(folder / "checkpoints"):
         return
-    raw = yaml.safe_load(saved_file.read_text()) or {}
+    try:
+        raw = yaml.safe_load(saved_file.read_text()) or {}
+    except yaml.YAMLError:
+        raise recipes.RecipeError(f"{saved_file} (the recipe of the run to resume) is damaged: it is not "
+                                  "valid YAML. Start afresh with --resume false, or use another "
+                                  "--output_dir.") from None
     saved = {k: recipes.coerce(k, raw.get(k, spec.default)) for k, spec in recipes.KNOBS.items()}
     try:
         checkpoint.check_settings(saved, _knobs(recipe), folder)
@@ -110,6 +134,7 @@ def run(recipe: dict) -> dict:
     say = print if main else (lambda *a, **k: None)
     if accelerator is not None and torch.cuda.is_available():
         torch.cuda.set_device(accelerator.local_process_index)  # one GPU per process
+    data, skipped = _checked_data(recipe, say)
 
     if main:
         if not recipe["resume"] and (folder / "checkpoints").exists():
@@ -137,7 +162,6 @@ def run(recipe: dict) -> dict:
         say(f"fsdp    : 4-bit codes stored as {str(storage).replace('torch.', '')} so FSDP can shard them")
     model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"],
                                   quant_storage=storage)
-    data = _data(recipe)
     config = recipes.train_config(recipe, disable_tqdm=recipe["disable_tqdm"] or not sys.stderr.isatty())
     n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0
 
@@ -180,7 +204,7 @@ def run(recipe: dict) -> dict:
     (folder / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
     steps_done = len(history.steps)
     summary = {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
-               "quantization": recipe["quantization"], "processes": world,
+               "quantization": recipe["quantization"], "processes": world, "skipped_rows": skipped,
                "device": prof.as_dict(), "steps_done": steps_done, "steps": recipe["max_steps"],
                "finished": result.finished, "resumed_at": history.resumed_at,
                "first_loss": history.steps[0]["loss"] if history.steps else None,
@@ -204,7 +228,8 @@ def run(recipe: dict) -> dict:
     summary["saved"] = {"path": saved["path"], "mb": saved["mb"]}
     if n_eval:
         after = exact_match(model, tokenizer, data["test"], n=n_eval)
-        summary["accuracy_before"] = json.loads(base_file.read_text())["accuracy"]
+        before = read_json(base_file, "base model's score", {"accuracy": (int, float)})
+        summary["accuracy_before"] = before["accuracy"]
         summary["accuracy_after"] = after["accuracy"]
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     (folder / "summary.md").write_text(summary_markdown(summary))
@@ -226,6 +251,8 @@ def summary_markdown(s: dict) -> str:
     if s.get("val_loss") is not None:
         rows.append(("validation loss at the end", f"{s['val_loss']:.4f}"))
     rows.append(("median step", f"{s['median_step_s']:.2f} s"))
+    if s.get("skipped_rows"):
+        rows.append(("data rows skipped (skip_bad_rows)", f"{s['skipped_rows']}"))
     if "accuracy_after" in s:
         rows.append(("exact match before -> after",
                      f"{100 * s['accuracy_before']:.0f}% -> {100 * s['accuracy_after']:.0f}%"))
@@ -234,23 +261,18 @@ def summary_markdown(s: dict) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
 
 
+@command
 def main(argv: list[str]) -> int:
     """Entry point of `python -m kit finetune [--config C] [--knob value ...]`: 0 done (or
-    stopped by stop_after), 2 bad recipe, 130 interrupted (Ctrl-C; checkpointed)."""
+    stopped by stop_after), 2 bad recipe or data (one line: kit.errors), 130 interrupted
+    (Ctrl-C; checkpointed)."""
     if "-h" in argv or "--help" in argv:
         recipes.argument_parser().print_help()
         return 0
-    try:
-        config, overrides = recipes.parse_args(argv)
-        recipe = recipes.check(recipes.load(config, overrides))
-    except recipes.RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config, overrides = recipes.parse_args(argv)
+    recipe = recipes.check(recipes.load(config, overrides))
     try:
         run(recipe)
     except KeyboardInterrupt:
         return 130
-    except recipes.RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return 0

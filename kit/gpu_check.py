@@ -32,7 +32,8 @@ from kit import memory as M, recipe as recipes
 from kit.arch import METHOD_NAMES
 from kit.data import batches, make_task, pad_token_id, tokenize
 from kit.device import bnb_error, library_versions, profile
-from kit.models import ensure_random, load_model
+from kit.errors import UserError, reported
+from kit.models import ensure_random, load_model, resolve
 from kit.train import TrainConfig, finetune, prepare_model
 
 
@@ -121,57 +122,68 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_arguments(prof, steps: int, allow_cpu: bool, recipe: str | None,
+                     methods: list[str] | None) -> None:
+    """The command's arguments, checked before anything loads (a UserError names the fix)."""
+    if prof.device != "cuda" and not allow_cpu:
+        raise UserError("gpu-check: this machine has no CUDA GPU (python -m kit device), so there are "
+                        "no GPU paths to check. Run it on a GPU machine (a Colab T4 is free), or pass "
+                        "--allow-cpu to exercise the script on the CPU.")
+    if steps < 1:
+        raise UserError(f"gpu-check: --steps must be >= 1; got {steps}.")
+    if methods is not None and (not methods or any(m not in METHOD_NAMES for m in methods)):
+        raise UserError(f"gpu-check: --methods takes a comma-separated list from "
+                        f"{', '.join(METHOD_NAMES)}; got {','.join(methods)!r}. "
+                        "E.g. --methods full,lora,qlora.")
+    if recipe and methods is not None:
+        raise UserError("gpu-check: --recipe sets the method; leave out --methods (or leave out --recipe).")
+
+
+def _recipe_settings(recipe: str, prof) -> tuple[str, list[str], dict, str]:
+    """(model, methods, check_method's settings, a note) from the recipe named `recipe`."""
+    try:
+        values = recipes.load(recipe)
+    except (recipes.RecipeError, FileNotFoundError, ValueError) as e:
+        raise UserError(f"gpu-check: --recipe {recipe}: {e}") from None
+    optim = values["optim"] if prof.device == "cuda" else "adamw_torch"
+    settings = {"task": values["task"], "config": recipes.train_config(values, optim=optim)}
+    est, note = recipes.estimate_for(values), ""
+    if est is not None:
+        note = (f"Recipe {values['_name']}: kit.memory.estimate at its max_length "
+                f"{values['max_length']} tokens: {est.total / 1e9:.2f} GB; the table's estimate "
+                f"is at the longest example measured here.")
+    return values["model"], [values["method"]], settings, note
+
+
+@reported
 def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
          out: str | None = None, recipe: str | None = None, random_weights: bool = False,
          methods: list[str] | None = None) -> int:
+    """`python -m kit gpu-check`: 0 done, 2 (one line on stderr, kit.errors) if it cannot run here."""
     prof = profile()
-    if prof.device != "cuda" and not allow_cpu:
-        print("gpu-check: this machine has no CUDA GPU (python -m kit device), so there are no GPU "
-              "paths to check. Run it on a GPU machine (a Colab T4 is free), or pass --allow-cpu "
-              "to exercise the script on the CPU.")
-        return 2
-    if steps < 1:
-        print(f"gpu-check: --steps must be >= 1; got {steps}.")
-        return 2
-    allowed = METHOD_NAMES
-    if methods is not None and (not methods or any(m not in allowed for m in methods)):
-        print(f"gpu-check: --methods takes a comma-separated list from {', '.join(allowed)}; "
-              f"got {','.join(methods)!r}. E.g. --methods full,lora,qlora.")
-        return 2
+    _check_arguments(prof, steps, allow_cpu, recipe, methods)
     settings, note = {"config": TrainConfig(lora_dropout=0.05)}, ""
-    if recipe and methods is not None:
-        print("gpu-check: --recipe sets the method; leave out --methods (or leave out --recipe).")
-        return 2
     if recipe:
-        try:
-            values = recipes.load(recipe)
-        except (recipes.RecipeError, FileNotFoundError, ValueError) as e:
-            print(f"gpu-check: --recipe {recipe}: {e}")
-            return 2
-        model, methods = values["model"], [values["method"]]
-        optim = values["optim"] if prof.device == "cuda" else "adamw_torch"
-        settings = {"task": values["task"], "config": recipes.train_config(values, optim=optim)}
-        est = recipes.estimate_for(values)
-        if est is not None:
-            note = (f"Recipe {values['_name']}: kit.memory.estimate at its max_length "
-                    f"{values['max_length']} tokens: {est.total / 1e9:.2f} GB; the table's estimate "
-                    f"is at the longest example measured here.")
+        model, methods, settings, note = _recipe_settings(recipe, prof)
     if random_weights:
         arch = model
         t0 = time.perf_counter()
         try:
             model = str(ensure_random(arch, dtype=prof.compute_dtype))
         except ValueError as e:
-            print(f"gpu-check: --random-weights: {e}")
-            return 2
+            raise UserError(f"gpu-check: --random-weights: {e}") from None
         note += (f"\nRandom weights with {arch}'s architecture (built in {time.perf_counter() - t0:.0f} s): "
                  "memory and speed are the real model's; the losses mean nothing.")
+    elif not recipe:
+        try:
+            resolve(model)  # --model: an unknown name, or a hub id offline, before anything loads
+        except ValueError as e:
+            raise UserError(f"gpu-check: --model: {e}") from None
     print(prof.summary())
     if methods is None:
         methods = ["lora"] + (["qlora"] if bnb_error(prof, 4) is None else [])
     elif "qlora" in methods and bnb_error(prof, 4):
-        print(f"gpu-check: qlora cannot run here: {bnb_error(prof, 4)}")
-        return 2
+        raise UserError(f"gpu-check: qlora cannot run here: {bnb_error(prof, 4)}")
     rows = []
     for method in methods:
         print(f"\n{method}: {steps} steps of {model} ...", flush=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import jinja2
 
+from kit.errors import UserError, command
+from kit.files import read_json
 from kit.notebook import REPO_ROOT
 
 LESSONS = REPO_ROOT / "lessons"
@@ -161,7 +163,8 @@ def render_run(run) -> list[Path]:
                       if study.is_relative_to(run) else str((study / "figures").resolve()))
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: list[str]) -> int:
     """python -m kit lessons [--run FOLDER]: render the lessons from a run folder (default: the
     committed reference into lessons/)."""
     ap = argparse.ArgumentParser(prog="python -m kit lessons", description=main.__doc__)
@@ -169,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.run:
         run = Path(args.run)
+        results = sorted((run / "results").glob("[0-9][0-9]_*.json"))
+        if not results:
+            raise UserError(f"--run {args.run!r} is not a run folder: it holds no results/NN_*.json. "
+                            "Give a folder that python -m kit run wrote, e.g. --run runs/latest.")
+        for path in results:  # a damaged results file: named here, not deep in a template
+            read_json(path, "results")
         paths = render_run(run)
     else:
         paths = render_all(REFERENCE / "results", REFERENCE / "study")

@@ -28,6 +28,7 @@ import yaml
 from kit.arch import METHOD_NAMES, MODELS, resolve_arch
 from kit.data import TASKS
 from kit.device import bnb_error, profile
+from kit.errors import UserError
 from kit.lora import check_hparams
 from kit.memory import estimate
 from kit.models import resolve
@@ -73,6 +74,10 @@ class RunKnobs:
                         "used whole). Exact-answer tasks need hundreds, not thousands.", low=1)
     n_val: int = knob(50, "validation examples generated for task: the loss on them, every "
                       "eval_steps, shows overfitting.", low=0)
+    skip_bad_rows: bool = knob(False, "a row of data_file or hub_dataset that cannot be used (an empty "
+                               "prompt or response, a malformed conversation) stops the run with its "
+                               "file and line; true skips such rows, prints how many and records it "
+                               "(skipped_rows in summary.json). Fix the rows if you can.")
     # ---- run folder and evaluation
     output_dir: str | None = knob(None, "where the adapter or model, checkpoints, history and summary "
                                   "go; null = runs/finetune/<recipe name>.")
@@ -88,7 +93,7 @@ KNOBS: dict[str, dataclasses.Field] = {f.name: f for dc in (RunKnobs, TrainConfi
 SECTIONS = {  # how a recipe file is laid out
     "What to train": ["model", "method", "quantization", "double_quant", "device"],
     "Data": ["task", "data_file", "hub_dataset", "prompt_column", "response_column", "n_train",
-             "n_val", "max_length"],
+             "n_val", "skip_bad_rows", "max_length"],
     "Training": ["max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "learning_rate", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
                  "gradient_checkpointing", "optim", "train_sampling_strategy", "eval_steps", "seed",
@@ -100,7 +105,7 @@ SECTIONS = {  # how a recipe file is laid out
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe or an override that cannot run; the message says how to fix it."""
 
 
@@ -169,7 +174,8 @@ def argument_parser() -> argparse.ArgumentParser:
     field; values stay text here and are typed and checked by `coerce`."""
     parser = _Parser(prog="python -m kit finetune", allow_abbrev=False,
                      description="Train from a recipe (kit/recipes/*.yaml or your own file); any knob "
-                                 "can be overridden on the command line.")
+                                 "can be overridden on the command line. An error in the recipe or "
+                                 "the data is one line; --debug shows its traceback.")
     parser.add_argument("--config", help="a recipe file, or a name from kit/recipes/ (cpu-lora, ...)")
     for heading, names in SECTIONS.items():
         group = parser.add_argument_group(heading)
@@ -214,6 +220,22 @@ def names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def _read_recipe(path: Path) -> tuple[dict, dict]:
+    """A recipe file's knobs, and the line each one is on ({knob: line}, 1-based)."""
+    text = path.read_text()
+    try:
+        node, raw = yaml.compose(text), yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where} is not valid YAML ({getattr(e, 'problem', None) or e}). Each "
+                          "line of a recipe is knob: value, e.g. lora_r: 16.") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must be a mapping of knob: value lines, e.g. lora_r: 16.")
+    keys = [key for key, _ in node.value if isinstance(key, yaml.ScalarNode)] if raw else []
+    return raw, {key.value: key.start_mark.line + 1 for key in keys}
+
+
 def load(config: str | None, overrides: dict | None = None) -> dict:
     """Defaults <- recipe file <- overrides, each value checked. Adds '_name' (the recipe's
     file name without .yaml, or 'custom') and '_source'."""
@@ -222,14 +244,10 @@ def load(config: str | None, overrides: dict | None = None) -> dict:
     if config:
         path = find(config)
         name, source = path.stem, str(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path} must be a mapping of knob: value lines.")
+        raw, lines = _read_recipe(path)
         for key, value in raw.items():
-            recipe[key] = coerce(str(key), value, f"in {path.name}")
+            line = f":{lines[str(key)]}" if str(key) in lines else ""
+            recipe[key] = coerce(str(key), value, f"in {path.name}{line}")
     for key, value in (overrides or {}).items():
         recipe[key] = coerce(key, value, f"--{key}")
     recipe["_name"], recipe["_source"] = name, source

@@ -12,7 +12,7 @@ from kit import gpu_check
 def test_without_a_gpu_it_says_so_and_runs_nothing(capsys, monkeypatch):
     monkeypatch.setattr(gpu_check, "check_method", lambda *a, **k: pytest.fail("ran a check"))
     assert gpu_check.main(steps=2) == 2
-    assert "no CUDA GPU" in capsys.readouterr().out
+    assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_allow_cpu_runs_lora_and_qlora_and_the_ledger_meets_the_estimate(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_random_weights_model_has_the_architecture_and_trains(tmp_path, monkeypa
 def test_methods_are_checked_before_anything_loads(monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "check_method", lambda *a, **k: pytest.fail("ran a check"))
     assert gpu_check.main(steps=1, allow_cpu=True, methods=["ful"]) == 2
-    assert "--methods takes a comma-separated list from full, lora, qlora" in capsys.readouterr().out
+    assert "--methods takes a comma-separated list from full, lora, qlora" in capsys.readouterr().err
     assert gpu_check.main(steps=1, allow_cpu=True, methods=[]) == 2
     assert gpu_check.main(steps=1, allow_cpu=True, methods=["lora"], recipe="cpu-lora") == 2
-    assert "--recipe sets the method" in capsys.readouterr().out
+    assert "--recipe sets the method" in capsys.readouterr().err
