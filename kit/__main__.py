@@ -1,7 +1,7 @@
 """Command line: `python -m kit <command>`.
 
     prepare      convert the bundled model into the local cache (make setup runs it)
-    device       print the device profile and dtype policy
+    device       print the device profile, the dtype policy and the bitsandbytes 4-bit check
     run          execute every notebook headless into runs/<timestamp>/ (make run)
     finetune     train from a recipe: --config cpu-lora [--knob value ...] (--help: every knob)
     chat         talk to a trained adapter: --adapter <folder> (the base's answer beside it)
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
                         help="show the traceback of an error too (any command, before or after it)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="convert the bundled model once (offline)")
-    sub.add_parser("device", help="print the device profile and dtype policy")
+    sub.add_parser("device", help="print the device profile, dtype policy and bitsandbytes 4-bit check")
     run = sub.add_parser("run", help="execute every notebook headless and write a report")
     run.add_argument("--quick", action="store_true", help="use each notebook's smoke parameters")
     run.add_argument("--only", help="run one notebook, by number ('03') or name")
@@ -73,8 +73,11 @@ def main(argv: list[str]) -> int:
         print(f"tiny-llama   : {ensure_tiny()}")
         return 0
     if args.command == "device":
+        from kit.bnb_check import preflight
         from kit.device import profile
         print(profile().summary())
+        report = preflight()   # bitsandbytes' 4-bit against kit.quant and a backward pass
+        print(report.line if report else "bitsandbytes is not installed: no 4-bit here")
         return 0
     if args.command == "run":
         from kit.runner import run as run_all

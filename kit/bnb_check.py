@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from kit import quant
+from kit.errors import UserError
 
 TOLERANCE = 1e-5      # relative to the largest weight: fp32 rounding, not a wrong decode
 PROBE_VALUES = 1 << 20  # a probe layer holds at most about a million weights (rows trimmed)
 
 
-class Bnb4bitError(RuntimeError):
+class Bnb4bitError(UserError):
     """bitsandbytes' 4-bit layers compute something else than their weights here, even with the
     kit's workarounds: the message names the layer, its shape, the block size and the fix."""
 

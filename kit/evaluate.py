@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,41 @@ def reference_log_probs(reference, tokenized, pad_token_id: int, batch_size: int
 
 
 @torch.no_grad()
+def divergences(model, references: dict, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """`divergence` against several references in one pass over the data (the model's forward
+    runs once): references maps a name to a model, or to the list `reference_log_probs`
+    returned for the same data. -> {name: {"kl", "nll", "reference_nll", "tokens", "per_item_kl"}}
+    per_item_kl: each sequence's mean KL over its answer tokens (to resample prompts)."""
+    cached = {name: ref if isinstance(ref, list) else reference_log_probs(ref, tokenized, pad_token_id, batch_size)
+              for name, ref in references.items()}
+    sums = {name: {"kl": 0.0, "nll": 0.0, "reference_nll": 0.0, "per_item_kl": []} for name in cached}
+    was_training, tokens = model.training, 0
+    model.eval()
+    try:
+        for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
+                                                                   _device(model))):
+            log_q = _log_probs(model, inputs, mask)                                   # (n, V)
+            target = labels[mask][:, None]                                            # (n, 1)
+            row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (n,)
+            counts = mask.sum(1)                                                      # answer tokens per row
+            for name, ref in cached.items():
+                log_p = ref[i].to(log_q.device)
+                kl_tok = (log_p.exp() * (log_p - log_q)).sum(1)                       # (n,)
+                per_row = torch.zeros(mask.shape[0], device=mask.device).index_add_(0, row, kl_tok)
+                out = sums[name]
+                out["kl"] += kl_tok.sum().item()
+                out["nll"] -= log_q.gather(1, target).sum().item()
+                out["reference_nll"] -= log_p.gather(1, target).sum().item()
+                out["per_item_kl"] += (per_row / counts.clamp(min=1)).tolist()
+            tokens += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("No answer tokens to score (every label is -100).")
+    return {name: {"kl": v["kl"] / tokens, "nll": v["nll"] / tokens, "reference_nll": v["reference_nll"] / tokens,
+                   "tokens": tokens, "per_item_kl": v["per_item_kl"]} for name, v in sums.items()}
+
+
 def divergence(model, reference, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
     """Forgetting without generation noise. Both models read the same sequences (the general
     prompts and the reference's own answers, teacher-forced); on every answer token we compare
@@ -238,32 +274,48 @@ def divergence(model, reference, tokenized, pad_token_id: int, batch_size: int =
     reference: a model; None for a peft model, whose adapters switched off (exactly its base)
     are then the reference; or the list `reference_log_probs` returned for the same data.
     -> {"kl", "nll", "reference_nll", "tokens"}"""
-    if reference is None and not hasattr(model, "disable_adapter"):
-        raise ValueError("reference=None needs a peft model (its adapters switched off are the "
-                         "reference); for a fully fine-tuned model pass the base model.")
-    cached = reference if isinstance(reference, list) else None
-    if cached is None and reference is not None:
-        cached = reference_log_probs(reference, tokenized, pad_token_id, batch_size)
+    if reference is None:
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("reference=None needs a peft model (its adapters switched off are the "
+                             "reference); for a fully fine-tuned model pass the base model.")
+        with model.disable_adapter():
+            reference = reference_log_probs(model, tokenized, pad_token_id, batch_size)
+    out = divergences(model, {"reference": reference}, tokenized, pad_token_id, batch_size)["reference"]
+    return {k: out[k] for k in ("kl", "nll", "reference_nll", "tokens")}
+
+
+# =============================================================================== answers, teacher-forced
+@torch.no_grad()
+def answer_scores(model, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """Score each item on its reference answer (response + end-of-turn), teacher-forced, in one
+    forward pass per batch:
+
+        nll[i]   = mean over the answer's tokens of -log p(token | prompt, answer so far)
+        exact[i] = every answer token is the model's most likely next token
+
+    exact[i] holds exactly when greedy decoding writes the reference answer token for token and
+    stops (each greedy step sees the same prefix as the teacher-forced one): an exact match
+    without generating, stricter than a text comparison that forgives formatting. The NLL is a
+    continuous score, so two methods can differ on it where both get an item right or wrong.
+    -> {"nll": [per item], "exact": [per item], "mean_nll", "accuracy", "tokens"}"""
+    if "labels" not in getattr(tokenized, "column_names", []):
+        raise ValueError("answer_scores needs tokenized data (with labels); call "
+                         "kit.data.tokenize(data['test'], tokenizer) first.")
+    nll, exact, tokens = [], [], 0
     was_training = model.training
     model.eval()
-    kl = nll = ref_nll = 0.0
-    tokens = 0
     try:
-        for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
-                                                                   _device(model))):
-            log_q = _log_probs(model, inputs, mask)                                   # (n, V)
-            if cached is not None:
-                log_p = cached[i].to(log_q.device)
-            else:
-                with model.disable_adapter():
-                    log_p = _log_probs(model, inputs, mask)
-            target = labels[mask][:, None]                                            # (n, 1)
-            kl += (log_p.exp() * (log_p - log_q)).sum().item()
-            nll -= log_q.gather(1, target).sum().item()
-            ref_nll -= log_p.gather(1, target).sum().item()
-            tokens += int(mask.sum())
+        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+            logits = model(**inputs).logits[:, :-1].float()                             # (B, T-1, V)
+            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, T-1)
+            hit = (logits.argmax(-1) == labels) | ~mask                                  # non-answer: ignored
+            counts = mask.sum(1)
+            nll += ((loss * mask).sum(1) / counts.clamp(min=1)).tolist()
+            exact += hit.all(1).tolist()
+            tokens += int(counts.sum())
     finally:
         model.train(was_training)
     if tokens == 0:
         raise ValueError("No answer tokens to score (every label is -100).")
-    return {"kl": kl / tokens, "nll": nll / tokens, "reference_nll": ref_nll / tokens, "tokens": tokens}
+    return {"nll": nll, "exact": exact, "mean_nll": statistics.fmean(nll),
+            "accuracy": sum(exact) / len(exact), "tokens": tokens}

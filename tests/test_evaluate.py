@@ -163,3 +163,23 @@ def test_base_model_fails_the_tasks(bundled_shared, task):
     test = kd.make_task(task, n_train=0, n_val=0, n_test=20, seed=0)["test"]
     r = ke.exact_match(model, tok, test, task=task)
     assert r["accuracy"] <= 0.2, r["examples"][:3]
+
+
+def test_teacher_forced_exact_is_greedy_decoding_writing_the_reference(bundled_shared):
+    model, tok = bundled_shared
+    prompts = ["What is the capital of France?", "What is 2 + 2?", "Name a primary colour.",
+               "What is the opposite of hot?"]
+    own = ke.reference_answers(model, tok, prompts, max_new_tokens=48)     # the model's own greedy answers
+    scored = ke.answer_scores(model, kd.tokenize(own, tok), kd.pad_token_id(tok))
+    # greedy decoding reproduces itself, end of turn included, where it stopped within 48 tokens
+    ended = [len(kd.encode_example(tok, p, a)[1]) - 1 < 48 for p, a in zip(prompts, own["response"])]
+    assert scored["exact"] == ended and sum(ended) >= 2
+    # one token of each answer changed: no longer what greedy decoding writes, and less likely
+    changed = Dataset.from_dict({"prompt": prompts, "response": [a.replace(" ", "  ", 1) + " Yes." for a in own["response"]]})
+    worse = ke.answer_scores(model, kd.tokenize(changed, tok), kd.pad_token_id(tok))
+    assert worse["exact"] == [False] * 4
+    assert all(b > a for a, b, e in zip(scored["nll"], worse["nll"], ended) if e)
+    # one pass, several references: KL to itself is 0, per prompt too
+    lp = ke.reference_log_probs(model, kd.tokenize(own, tok), kd.pad_token_id(tok))
+    d = ke.divergences(model, {"self": lp}, kd.tokenize(own, tok), kd.pad_token_id(tok))["self"]
+    assert d["kl"] == pytest.approx(0, abs=1e-6) and len(d["per_item_kl"]) == 4

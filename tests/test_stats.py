@@ -1,5 +1,6 @@
 """kit.stats against known values."""
 import math
+import statistics
 
 import pytest
 
@@ -66,3 +67,38 @@ def test_seeds_and_items_bootstrap_holds_the_noise_of_training():
     assert stats.seeds_and_items_bootstrap(better, worse, n_boot=2000)["verdict"] == "different"
     with pytest.raises(ValueError, match="same non-empty list of items"):
         stats.seeds_and_items_bootstrap([[True]], [[True, False]])
+
+
+def test_t_quantiles_are_exact_for_any_degrees_of_freedom():
+    assert stats.t_quantile(11) == pytest.approx(2.201, abs=5e-4)     # 12 seeds: not z = 1.96
+    assert stats.t_quantile(1) == pytest.approx(12.706, abs=5e-3)
+    assert stats.t_quantile(4) == pytest.approx(2.776, abs=5e-4)
+    assert stats.t_quantile(1000) == pytest.approx(stats.Z95, abs=5e-3)
+    r = stats.mean_interval([1.0] * 6 + [2.0] * 6)                    # 12 values, 11 df
+    sd = statistics.stdev([1.0] * 6 + [2.0] * 6)
+    assert r["high"] - r["mean"] == pytest.approx(2.201 * sd / math.sqrt(12), rel=1e-3)
+    with pytest.raises(ValueError, match="df"):
+        stats.t_quantile(0)
+
+
+def test_bootstrap_intervals_stay_inside_what_is_possible():
+    # a share over 3 seeds near 1, and a KL near 0: a t-interval leaves [0, 1] and goes below 0
+    shares, kls = [1.0, 1.0, 0.6], [0.15, 0.64, 0.21]
+    assert stats.mean_interval(shares)["high"] > 1 and stats.mean_interval(kls)["low"] < 0
+    for values, low, high in ((shares, 0.0, 1.0), (kls, 0.0, math.inf)):
+        r = stats.bootstrap_mean(values)
+        assert low <= min(values) <= r["low"] <= r["mean"] <= r["high"] <= max(values) <= high
+    assert stats.bootstrap_mean([0.3])["low"] is None
+
+
+def test_the_detectable_difference_shrinks_with_more_items_and_seeds():
+    import random as _random
+    rng = _random.Random(1)
+    runs = lambda seeds, items, p: [[rng.random() < p for _ in range(items)] for _ in range(seeds)]
+    small = stats.seeds_and_items_bootstrap(runs(3, 100, 0.5), runs(3, 100, 0.5), n_boot=2000)
+    large = stats.seeds_and_items_bootstrap(runs(5, 800, 0.5), runs(5, 800, 0.5), n_boot=2000)
+    assert small["detectable"] == pytest.approx(stats.DETECTABLE_SE * small["se"])
+    assert large["detectable"] < small["detectable"] / 2                # about sqrt(800 * 5 / 300)
+    # a continuous per-item metric (an answer's NLL) works the same way
+    nll = stats.seeds_and_items_bootstrap([[1.0, 2.0, 3.0]] * 2, [[0.5, 1.5, 2.5]] * 2, n_boot=500)
+    assert nll["diff"] == pytest.approx(0.5) and nll["low"] == pytest.approx(0.5) and nll["verdict"] == "different"
