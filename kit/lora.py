@@ -258,3 +258,21 @@ def energy_share(singular_values, r: int) -> float:
     s2 = [float(s) ** 2 for s in singular_values]
     total = sum(s2)
     return sum(s2[:r]) / total if total else 0.0
+
+
+def loftq_factors(residual: torch.Tensor, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoftQ's initialisation, one iteration (Li et al. 2023): the adapter starts as the best
+    rank-r approximation of what quantization lost, residual = W - dequantize(quantize(W)).
+
+    SVD: residual = U S V^T. The Eckart-Young theorem says U_r S_r V_r^T (the r largest singular
+    values) is the closest rank-r matrix to it in the Frobenius norm. LoRA adds B A * scaling, so
+    B (out, r) = U_r sqrt(S_r / scaling) and A (r, in) = sqrt(S_r / scaling) V_r^T give
+    B A * scaling = U_r S_r V_r^T. -> (A, B) in fp32."""
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(residual.shape):
+        raise ValueError(f"r must be a whole number in 1..{min(residual.shape)} for a residual of shape "
+                         f"{tuple(residual.shape)}; got {r!r}.")
+    if not scaling > 0:
+        raise ValueError(f"scaling (lora_alpha / r) must be > 0; got {scaling!r}.")
+    U, S, Vh = torch.linalg.svd(residual.float(), full_matrices=False)   # (out, k), (k,), (k, in)
+    root = (S[:r] / scaling).sqrt()
+    return root[:, None] * Vh[:r], U[:, :r] * root[None, :]               # A (r, in), B (out, r)

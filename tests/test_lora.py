@@ -254,3 +254,40 @@ def test_count_from_shapes_needs_r():
     with pytest.raises(ValueError, match="r is required"):
         lora_parameter_count([(4096, 4096)])
     assert math.isclose(lora_parameter_count([(4096, 4096)], r=8) / 4096**2, 1 / 256)
+
+
+# ---------------------------------------------------------------------------- LoftQ
+def test_loftq_factors_are_the_best_rank_r_approximation():
+    from kit.lora import loftq_factors
+    g = torch.Generator().manual_seed(0)
+    residual = torch.randn(64, 48, generator=g) @ torch.diag(torch.linspace(2, 0.1, 48))
+    r, scaling = 4, 2.0
+    A, B = loftq_factors(residual, r, scaling)
+    assert A.shape == (r, 48) and B.shape == (64, r)
+    S = torch.linalg.svdvals(residual)
+    best = (residual - B @ A * scaling).norm()
+    assert best.item() == pytest.approx(S[r:].square().sum().sqrt().item(), rel=1e-4)   # Eckart-Young
+    for trial in range(20):       # no other rank-r update gets closer: perturbed factors, random ones
+        noise = 0.05 * torch.randn(2, 1, generator=g)
+        nearby = (B + noise[0] * torch.randn(B.shape, generator=g)) @ (A + noise[1] * torch.randn(A.shape, generator=g))
+        other = torch.randn(64, r, generator=g) @ torch.randn(r, 48, generator=g) * 0.1
+        assert (residual - nearby * scaling).norm() > best and (residual - other).norm() > best
+    with pytest.raises(ValueError, match=r"r must be a whole number in 1\.\.48"):
+        loftq_factors(residual, 49, scaling)
+
+
+def test_loftq_starts_a_qlora_model_closer_to_the_full_precision_one():
+    from kit.adapters import init_loftq, logits
+    from kit.models import load_model
+    from kit.train import prepare_model
+    full, tok = load_model("tiny-llama")
+    batch = tok(["Double 3", "What is the capital of France?"], return_tensors="pt", padding=True)
+    target = logits(full, batch)
+    torch.manual_seed(0)
+    plain = prepare_model(load_model("tiny-llama", quantization="nf4")[0], "qlora", lora_r=8, lora_alpha=16)
+    torch.manual_seed(0)
+    loftq = prepare_model(load_model("tiny-llama", quantization="nf4")[0], "qlora", lora_r=8, lora_alpha=16)
+    info = init_loftq(loftq, full)
+    assert info["layers"] == 14 and info["residual_after"] < info["residual_before"]
+    far, near = ((logits(m, batch) - target).abs().mean().item() for m in (plain, loftq))
+    assert near < 0.9 * far, (near, far)
