@@ -98,6 +98,11 @@ class TrainConfig:
                                         "of varying length) or sequential.", SAMPLING)
     eval_steps: int = knob(20, "validation loss every N steps (and at the start and end); 0 = never. "
                            "Each costs a pass over the validation examples.", low=0)
+    early_stopping_patience: int = knob(0, "stop when the validation loss has not improved for this many "
+                                        "evaluations in a row (a plateau); 0 = train to max_steps. Needs "
+                                        "eval_steps > 0 and validation examples.", low=0)
+    early_stopping_threshold: float = knob(0.0, "an evaluation improves only if it lowers the best "
+                                           "validation loss so far by more than this.", low=0)
     seed: int = knob(0, "seeds the data order, the adapters' initialisation and dropout: same seed, same "
                      "run (exactly so on a CPU).")
     max_length: int = knob(256, "tokens per example, prompt and answer; longer ones are truncated. Set it "
@@ -132,6 +137,7 @@ class History:
     memory_kind: str = ""       # what "memory" measures: "cuda_peak_allocated" or "cpu_peak_rss"
     config: dict = field(default_factory=dict)
     resumed_at: list = field(default_factory=list)  # steps from which a checkpoint was resumed
+    stop: str = ""              # why the run ended: "cap" (max_steps), "plateau" (early stopping), "paused" (stop_after)
 
     @property
     def losses(self) -> list[float]:
@@ -175,6 +181,9 @@ def check_config(method: str, config: TrainConfig) -> None:
     if config.learning_rate is not None and not config.learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0 or None (per-method default {DEFAULT_LR}); "
                          f"got {config.learning_rate!r}.")
+    if config.early_stopping_patience and not config.eval_steps:
+        raise ValueError(f"early_stopping_patience={config.early_stopping_patience} needs evaluations to "
+                         "watch: set eval_steps > 0 (e.g. 10), or early_stopping_patience=0.")
     if OPTIMIZERS[config.optim].cuda_only and read_profile().device != "cuda":
         raise ValueError(f"optim={config.optim!r} needs a CUDA GPU (bitsandbytes' 8-bit optimizers); "
                          "this machine has none. Use optim='adamw_torch'.")
@@ -471,6 +480,16 @@ class Run:
                 self.on_eval(step, loss, self.inner)
             self.inner.train()
 
+    def plateaued(self) -> bool:
+        """Early stopping: none of the last `early_stopping_patience` validation losses beat the
+        best one before them by more than `early_stopping_threshold` (read from the history, so
+        a resumed run counts on)."""
+        patience = self.config.early_stopping_patience
+        losses = [e["val_loss"] if math.isfinite(e["val_loss"]) else math.inf for e in self.history.evals]
+        if not patience or len(losses) <= patience:
+            return False
+        return min(losses[-patience:]) >= min(losses[:-patience]) - self.config.early_stopping_threshold
+
     def record(self, step: int, loss: float, lr: float, tokens: int, slots: int, t0: float,
                crc=None) -> dict:
         """Step `step` is done: its record (several processes: the mean loss, all tokens).
@@ -524,6 +543,9 @@ def start_run(model: nn.Module, tokenizer, data, method: str, config: TrainConfi
     stream = batches(train_set, config.per_device_train_batch_size, pad_id, seed=config.seed,
                      start=start * config.gradient_accumulation_steps, shard=(procs.rank, procs.world),
                      sampling=config.train_sampling_strategy)
+    if config.early_stopping_patience and val_set is None:
+        raise ValueError("early_stopping_patience needs validation examples: give data a 'validation' split "
+                         "(kit.data.make_task does), or set early_stopping_patience=0.")
     end = min(config.max_steps, start + config.stop_after) if config.stop_after else config.max_steps
     if prof.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -592,8 +614,14 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                 run.evaluate(step + 1)
             if on_step is not None:
                 on_step(record)
+            if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and run.plateaued():
+                run.history.stop = "plateau"                # early stopping: validation stopped improving
+                break
             run.checkpoints.every(cfg.save_steps, run.end)
+    if not run.history.stop:
+        run.history.stop = "cap" if run.checkpoints.done >= cfg.max_steps else "paused"
     run.checkpoints.at_end(run.start)
     run.inner.eval()
-    return FinetuneResult(model=run.inner, history=run.history,
-                          finished=run.checkpoints.done >= cfg.max_steps, checkpoint=run.checkpoints.last)
+    finished = run.history.stop in ("cap", "plateau")
+    return FinetuneResult(model=run.inner, history=run.history, finished=finished,
+                          checkpoint=run.checkpoints.last)

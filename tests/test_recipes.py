@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_TRAINING_ARGUMENTS = {"max_length": "TRL SFTConfig", "lora_r": "TRL ModelConfig",
                           "lora_alpha": "TRL ModelConfig", "lora_dropout": "TRL ModelConfig",
                           "lora_target_modules": "TRL ModelConfig", "use_rslora": "TRL ModelConfig",
-                          "stop_after": "the kit's own (end a session, resume later)"}
+                          "stop_after": "the kit's own (end a session, resume later)",
+                          "early_stopping_patience": "transformers' EarlyStoppingCallback",
+                          "early_stopping_threshold": "transformers' EarlyStoppingCallback"}
 
 
 def test_every_knob_is_documented_once_and_its_default_valid():

@@ -224,3 +224,30 @@ def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch)
         check_fits(model, "lora", cfg, 512, t4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (14 * 2**30, 15 * 2**30))
     check_fits(model, "lora", TrainConfig(per_device_train_batch_size=4), 512, t4)  # 4 x 512 fits in 14 GiB
+
+
+# ---------------------------------------------------------------------------- early stopping
+def test_plateau_is_read_from_the_evaluations_so_far():
+    from types import SimpleNamespace
+    from kit.train import Run
+    cfg = TrainConfig(early_stopping_patience=2, early_stopping_threshold=0.01)
+    run = lambda losses: Run.plateaued(SimpleNamespace(config=cfg, history=SimpleNamespace(
+        evals=[{"step": 4 * i, "val_loss": v} for i, v in enumerate(losses)])))
+    assert not run([1.0, 0.8])                       # too few evaluations to tell
+    assert not run([1.0, 0.8, 0.7])                  # still improving
+    assert run([1.0, 0.8, 0.795, 0.85])              # 0.795 beat 0.8 by less than the threshold
+    assert not run([1.0, 0.8, 0.85, 0.7])            # improved again within the patience
+    assert run([1.0, float("nan"), 1.2, 1.3])        # a diverged evaluation never counts as better
+    assert not Run.plateaued(SimpleNamespace(config=TrainConfig(), history=SimpleNamespace(evals=[])))
+
+
+def test_a_run_that_stops_learning_stops_on_the_plateau(tiny_shared):
+    model, tok = load_model("tiny-llama")
+    result = finetune(model, tok, doubling(), "lora", **(FAST | {"max_steps": 10, "eval_steps": 1,
+                      "learning_rate": 1e-12, "early_stopping_patience": 2, "early_stopping_threshold": 1e-3}))
+    assert result.history.stop == "plateau" and result.finished
+    assert [e["step"] for e in result.history.evals] == [0, 1, 2] and len(result.history.steps) == 2
+    capped = finetune(load_model("tiny-llama")[0], tok, doubling(), "lora", **FAST)
+    assert capped.history.stop == "cap"
+    with pytest.raises(ValueError, match="early_stopping_patience=2 needs evaluations"):
+        finetune(model, tok, doubling(), "lora", **(FAST | {"early_stopping_patience": 2}))
