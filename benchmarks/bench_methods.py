@@ -4,10 +4,12 @@
     python benchmarks/bench_methods.py --steps 4    # a quick check
 
 For each method: median step time, tokens/s and the memory ledger of one step
-(kit.memory.measure_step) for the kit's `finetune`, then the same steps in a bare
+(kit.memory.measure_step) for the kit's `finetune`, and the same steps in a bare
 transformers + peft loop written here with the same settings (same model, seed,
-batches, AdamW, clipping, cosine schedule without warm-up). The overhead ratio
-kit / bare should be <= 1.05; with the same seed both loops also see the same losses.
+batches, AdamW, clipping, cosine schedule without warm-up), in the order kit, bare,
+bare, kit (a machine that drifts weighs on both alike). The overhead ratio kit / bare
+should be <= 1.00 within its spread (the two rounds' ratios); with the same seed both
+loops also see the same losses.
 Timings on a shared CPU are noisy: read them together with the load average printed.
 "kit/bare CPU" compares the process' CPU seconds of each whole run (preparation included),
 which other processes disturb less than wall-clock time.
@@ -76,6 +78,29 @@ def bare_loop(model, train_set, pad_id, method, steps, batch_size, lr, seed, cfg
     return losses, times, tokens
 
 
+def kit_run(method, data, cfg, args) -> dict:
+    """The kit's finetune on a fresh model: step times, tokens, losses, CPU seconds, ledger."""
+    model, tok = load_model(args.model, quantization="nf4" if method == "qlora" else None)
+    train_set = tokenize(data["train"], tok)
+    cpu0 = time.process_time()
+    result = finetune(model, tok, train_set, method, cfg)
+    cpu = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared CPU
+    hist = result.history
+    return {"times": [s["step_time"] for s in hist.steps], "tokens": [s["tokens"] for s in hist.steps],
+            "losses": hist.losses, "cpu": cpu, "peak": hist.steps[-1]["memory"], "memory_kind": hist.memory_kind,
+            "ledger": ledger(result.model, train_set, tok.pad_token_id, args.batch_size)}
+
+
+def bare_run(method, data, cfg, args) -> dict:
+    """The same steps in the bare loop on a fresh model."""
+    model, tok = load_model(args.model, quantization="nf4" if method == "qlora" else None)
+    train_set = tokenize(data["train"], tok)
+    cpu0 = time.process_time()
+    losses, times, tokens = bare_loop(model, train_set, tok.pad_token_id, method, args.steps,
+                                      args.batch_size, cfg.learning_rate, cfg.seed, cfg)
+    return {"times": times, "tokens": tokens, "losses": losses, "cpu": time.process_time() - cpu0}
+
+
 def ledger(model, train_set, pad_id, batch_size):
     """One measured step (kit.memory.measure_step), or None if kit.memory is absent."""
     try:
@@ -103,37 +128,35 @@ def main():
     data = make_task("dates", n_train=200, n_val=1, n_test=1, seed=0)
     rows = []
     for method in args.methods.split(","):
-        quantization = "nf4" if method == "qlora" else None
         lr = DEFAULT_LR[method]
-        print(f"[{method}] kit loop ...", file=sys.stderr, flush=True)
-        model, tok = load_model(args.model, quantization=quantization)
-        train_set = tokenize(data["train"], tok)
         cfg = TrainConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=lr,
                           warmup_steps=0, eval_steps=0, disable_tqdm=True,
                           lora_dropout=0.0)  # no dropout: both loops then compute the same losses
-        cpu0 = time.process_time()
-        result = finetune(model, tok, train_set, method, cfg)
-        kit_cpu = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared CPU
-        hist = result.history
-        timed = hist.steps[1:]  # step 1 is a warm-up (allocations, lazy inits)
-        row = {"method": method, "lr": lr, "kit_s": statistics.median(s["step_time"] for s in timed),
-               "kit_tps": sum(s["tokens"] for s in timed) / sum(s["step_time"] for s in timed),
-               "kit_loss": hist.losses[-1], "peak": hist.steps[-1]["memory"], "kit_cpu": kit_cpu,
-               "ledger": ledger(result.model, train_set, tok.pad_token_id, args.batch_size)}
-        del model, result
-        if not args.no_bare:
-            print(f"[{method}] bare loop ...", file=sys.stderr, flush=True)
-            model, tok = load_model(args.model, quantization=quantization)
-            cpu0 = time.process_time()
-            losses, times, tokens = bare_loop(model, train_set, tok.pad_token_id, method,
-                                              args.steps, args.batch_size, lr, cfg.seed, cfg)
-            row.update(bare_s=statistics.median(times[1:]), bare_loss=losses[-1],
-                       bare_tps=sum(tokens[1:]) / sum(times[1:]))
+        # ABBA: kit, bare, bare, kit, so that a machine that speeds up or slows down over the
+        # minutes (caches, other processes, clocks) weighs on both loops alike
+        order = ["kit"] if args.no_bare else ["kit", "bare", "bare", "kit"]
+        runs = {"kit": [], "bare": []}
+        for which in order:
+            print(f"[{method}] {which} loop ...", file=sys.stderr, flush=True)
+            runs[which].append((kit_run if which == "kit" else bare_run)(method, data, cfg, args))
+        kit = runs["kit"][0]
+        times = lambda which: [t for r in runs[which] for t in r["times"][1:]]  # step 1 is a warm-up
+        tokens = lambda which: [n for r in runs[which] for n in r["tokens"][1:]]
+        row = {"method": method, "lr": lr, "kit_s": statistics.median(times("kit")),
+               "kit_tps": sum(tokens("kit")) / sum(times("kit")), "kit_loss": kit["losses"][-1],
+               "peak": kit["peak"], "kit_cpu": statistics.fmean(r["cpu"] for r in runs["kit"]),
+               "ledger": kit["ledger"]}
+        if runs["bare"]:
+            row.update(bare_s=statistics.median(times("bare")), bare_tps=sum(tokens("bare")) / sum(times("bare")),
+                       bare_loss=runs["bare"][0]["losses"][-1])
             row["ratio"] = row["kit_s"] / row["bare_s"]
-            row["cpu_ratio"] = kit_cpu / (time.process_time() - cpu0)
-            del model
+            row["cpu_ratio"] = row["kit_cpu"] / statistics.fmean(r["cpu"] for r in runs["bare"])
+            # the first pair (kit then bare) and the second (bare then kit): the spread of the ratio
+            row["ratio_rounds"] = [statistics.median(k["times"][1:]) / statistics.median(b["times"][1:])
+                                   for k, b in zip(runs["kit"], runs["bare"][::-1])]
         rows.append(row)
-    print(report(rows, prof, args, hist.memory_kind))
+        memory_kind = kit["memory_kind"]
+    print(report(rows, prof, args, memory_kind))
     if args.json:
         payload = {"command": "python benchmarks/bench_methods.py " + " ".join(sys.argv[1:]),
                    "device": prof.as_dict(), "steps": args.steps, "batch_size": args.batch_size,
@@ -149,11 +172,12 @@ def report(rows, prof, args, memory_kind) -> str:
              f"{args.steps} steps (median step time, first step excluded)", "",
              "```", prof.summary(), f"threads     : {torch.get_num_threads()}, "
              f"load average {load:.1f} on {os.cpu_count()} CPUs", "```", "",
-             "| method | lr | kit s/step | kit tokens/s | bare s/step | bare tokens/s | kit/bare wall "
+             "| method | lr | kit s/step | kit tokens/s | bare s/step | bare tokens/s | kit/bare wall (each round) "
              "| kit/bare CPU | loss kit / bare | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        bare = (f"{r['bare_s']:.2f} | {r['bare_tps']:.0f} | {r['ratio']:.3f} | {r['cpu_ratio']:.3f} | "
+        bare = (f"{r['bare_s']:.2f} | {r['bare_tps']:.0f} | {r['ratio']:.3f} "
+                f"({', '.join(f'{x:.3f}' for x in r['ratio_rounds'])}) | {r['cpu_ratio']:.3f} | "
                 f"{r['kit_loss']:.4f} / {r['bare_loss']:.4f}") if "bare_s" in r \
             else f"- | - | - | - | {r['kit_loss']:.4f} / -"
         lines.append(f"| {r['method']} | {r['lr']:g} | {r['kit_s']:.2f} | {r['kit_tps']:.0f} | "
