@@ -191,7 +191,11 @@ def run(quick: bool = False, only: str | None = None, folder: Path | None = None
             print(f"FAILED at {where} ({outcome.seconds:.0f} s): {outcome.error[:300]}", flush=True)
             print(f"      partial output kept in {folder / path.name}; kernel log in "
                   f"{folder / 'logs' / (path.stem + '.log')}", flush=True)
-    write_report(RunSummary(folder, _merge_outcomes(folder, summary.outcomes)), quick)
+    merged = RunSummary(folder, _merge_outcomes(folder, summary.outcomes))
+    write_report(merged, quick)
+    total = sum(o.seconds for o in merged.outcomes)
+    print(f"{len(merged.outcomes)} notebook(s) in {folder.name}: {total:.0f} s ({total / 60:.1f} min) in all",
+          flush=True)
     try:                                  # the learner's own lessons, with this run's numbers
         lessons = render_run(folder)
         print(f"Lessons with this run's numbers: {lessons[0].parent}", flush=True)
@@ -270,8 +274,9 @@ def write_report(summary: RunSummary, quick: bool) -> Path:
     lines += ["## Notebooks", "", "| notebook | status | time |", "|---|---|---|"]
     for o in summary.outcomes:
         status = "ok" if o.ok else f"FAILED at cell {o.cell}: {o.error[:120]}"
-        lines.append(f"| [{o.name}]({o.name}.ipynb) | {status} | {o.seconds:.0f} s |")
-    lines.append("")
+        lines.append(f"| [{o.name}]({o.name}.ipynb) | {status} | {o.seconds:.0f} s ({o.seconds / 60:.1f} min) |")
+    total = sum(o.seconds for o in summary.outcomes)
+    lines += [f"| all {len(summary.outcomes)} | | {total:.0f} s ({total / 60:.1f} min) |", ""]
     for name, res in results.items():
         lines += [f"## {name}", ""]
         scalars = _scalars(res)
