@@ -623,8 +623,7 @@ def ex06_3(answer, lora_step_s: float, qlora_step_s: float, timing=None, study_s
     return verdict(close(answer, ratio, rel=0.05),
                    f"QLoRA took {ratio:.2f}x LoRA's time per step here ({how} LoRA). The adapters are the same; "
                    "the base is not: every 4-bit weight block is dequantized to the compute dtype before its "
-                   "matrix product, in the forward pass and again in the backward, where the gradient flows "
-                   "back through the frozen weights to the earlier layers' adapters (lesson 05, section 1)."
+                   "matrix product (lesson 05, section 1). One short run's ratio moves by several percent."
                    + parts + other,
                    "divide QLoRA's s/step by LoRA's in the overview table (section 4).", answer)
 
