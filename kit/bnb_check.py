@@ -327,7 +327,9 @@ def fused_inference(model) -> int:
     """The stated choice for chat after training: let bitsandbytes repack the 4-bit layers
     for its fused bf16 CPU kernel (faster generation, answers within bf16 rounding). The model
     must not be trained or merged afterwards without protect() (prepare_model and the kit's
-    merge call it). Returns how many layers may repack (0 on a CPU without AVX512-BF16)."""
+    merge call it, and say that the repacking rounded the block constants to bf16: for the exact
+    weights, train a fresh load). Returns how many layers may repack (0 on a CPU without
+    AVX512-BF16)."""
     import bitsandbytes as bnb  # optional: a CPU-only install may lack it
     if not has_avx512bf16():
         return 0

@@ -241,3 +241,34 @@ def test_qlora_on_rows_that_are_not_whole_blocks_trains_reloads_and_merges(fault
     assert (logits(reloaded, batch) - logits(result.model, batch)).abs().max() == 0.0
     assert merge(result.model, batch).info["max_logit_diff"] < 1e-4
     assert math.isfinite(validation_loss(reloaded, tokenize(doubling()["validation"], tok), pad_token_id(tok))["loss"])
+
+
+def test_the_fused_path_is_a_stated_choice_that_prepare_model_takes_back(capsys):
+    """fused_inference lets bitsandbytes repack for generation where its fused bf16 kernel exists
+    (a CPU with AVX512-BF16): the answers stay within bf16 rounding of the protected model's, and
+    training (prepare_model) unpacks it again, saying that the repacking rounded the block
+    constants. Elsewhere it changes nothing and says so by returning 0."""
+    from kit.train import prepare_model
+
+    model, tok = load_model("tiny-llama", quantization="nf4")
+    batch = tok(["Double 3", "Double 21"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch).logits
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not bnb_check.has_avx512bf16():           # no fused kernel here: nothing to switch on
+        assert bnb_check.fused_inference(model) == 0
+        assert not any(m.support_avx512bf16_for_cpu for m in layers)
+        return
+    assert bnb_check.fused_inference(model) == len(layers) > 0       # every layer may repack now
+    with torch.no_grad():
+        fused = model(**batch).logits
+    assert all(m.weight.quant_state.packing_format_for_cpu for m in layers)
+    assert (fused - plain).abs().max() < 0.05 * plain.abs().max()     # bf16 arithmetic, the same answers
+    peft_model = prepare_model(model, "qlora", lora_dropout=0.0)     # training: the kit unpacks first
+    assert not any(m.weight.quant_state.packing_format_for_cpu for m in layers)
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
+    assert "reload the model for its exact weights" in capsys.readouterr().out
+    with torch.no_grad(), peft_model.disable_adapter():
+        back = peft_model(**batch).logits
+    assert (back - plain).abs().max() < 0.01 * plain.abs().max()     # the fp32 path again, bf16 constants
