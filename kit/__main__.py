@@ -5,6 +5,7 @@
     run          execute every notebook headless into runs/<timestamp>/ (make run)
     finetune     train from a recipe: --config cpu-lora [--knob value ...] (--help: every knob)
     chat         talk to a trained adapter: --adapter <folder> (the base's answer beside it)
+    diagnose     the usual faults of a fine-tune, found: --config <recipe> (before) or --run <folder> (after)
     study        full vs LoRA vs QLoRA: learning-rate sweeps, seeds, intervals, forgetting
     gpu-check    a few LoRA and QLoRA steps on the GPU, measured against the estimator
     lessons      render the lessons from the reference run (or --run FOLDER: from yours)
@@ -30,6 +31,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["chat"]:
         from kit.chat import main as chat_main
         return chat_main(argv[1:])
+    if argv[:1] == ["diagnose"]:  # recipe knobs too, as finetune takes them
+        from kit.diagnose import main as diagnose_main
+        return diagnose_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
@@ -49,6 +53,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("finetune", help="train from a YAML recipe (kit/recipes/); resumable; "
                    "python -m kit finetune --help lists every knob")
     sub.add_parser("chat", help="talk to an adapter beside its base model: --adapter <folder>")
+    sub.add_parser("diagnose", help="find the usual faults of a fine-tune: --config <recipe> or --run <folder>")
     study = sub.add_parser("study", help="the comparison: learning-rate sweeps, seeds, intervals, "
                            "forgetting (about 80 min on 2 CPU cores; resumable)")
     study.add_argument("--smoke", action="store_true", help="tiny-llama, a few steps (under a minute)")
