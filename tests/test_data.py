@@ -502,3 +502,27 @@ def test_padding_does_not_change_the_loss(tiny):
     by_length = validation_loss(model, data.select(grouped), tok.pad_token_id, batch_size=6)
     assert by_length["tokens"] == plain["tokens"]
     assert by_length["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
+
+def test_trls_completion_only_loss_trains_the_kits_tokens_and_one_newline(tmp_path):
+    """TRL's own answer-only switch (SFTConfig completion_only_loss on prompt/completion
+    conversations) against kit.data.tokenize: the same prompt tokens, the same answer tokens up to
+    and including <|im_end|>; TRL's sequence also ends with the chat template's newline after
+    <|im_end|>, and trains it. One token per example that the kit leaves out."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from kit.models import load_model
+
+    model, tok = load_model("tiny-llama")
+    data = kd.make_task("dates", n_train=4, n_val=0, n_test=0)["train"]
+    conv = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in data["prompt"]],
+                              "completion": [[{"role": "assistant", "content": r}] for r in data["response"]]})
+    args = trl.SFTConfig(output_dir=str(tmp_path), report_to="none", completion_only_loss=True, max_length=256,
+                         bf16=False)
+    theirs = trl.SFTTrainer(model=model, args=args, train_dataset=conv, processing_class=tok).train_dataset
+    ours = kd.tokenize(data, tok)
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    for t, o in zip(theirs, ours):
+        assert t["input_ids"] == o["input_ids"] + newline
+        assert t["labels"] == o["labels"] + newline          # TRL trains the newline after <|im_end|>
