@@ -8,7 +8,8 @@ Each check prints what it found and the fix. Before training (a recipe):
   labels    which tokens train (one example drawn with the trained tokens in [brackets]); no token
             trained; the end of turn not trained (the model never learns to stop); pad == end of
             turn, which a collator that masks labels by the pad id turns into that fault;
-  adapters  no trainable parameter; a target module with no adapter; after one backward pass, a
+  adapters  no trainable parameter; a target module with no adapter; fp16 trainable parameters under
+            a gradient scaler (transformers#23165); after one backward pass, a
             trainable parameter with no gradient (gradient checkpointing without input gradients),
             lora_B with a zero gradient; the gradient norm of each group of layers;
   memory    the largest parts of one step (kit.memory.estimate) and the sequence length at which
@@ -29,6 +30,7 @@ import torch
 from kit import recipe as recipes
 from kit.arch import GPUS
 from kit.data import IGNORE_INDEX, collate, end_of_turn, pad_token_id, tokenize
+from kit.device import profile
 from kit.errors import UserError
 
 FLAT = 0.02          # a loss that moved less than 2% from its first steps to its last is flat
@@ -120,6 +122,18 @@ def check_adapters(model, targets) -> list[Finding]:
     return [Finding("adapters", "target-without-adapter", f"no adapter on {missing}: those layers stay frozen.",
                     f"name modules the model has (it has {sorted(adapted)} adapted); kit.arch.target_modules "
                     "lists a model's linear layers.")] if missing else []
+
+
+def check_trainable_dtypes(model, grad_scaling: bool) -> list[Finding]:
+    """fp16 trainable parameters under a gradient scaler: GradScaler refuses to unscale fp16
+    gradients ("Attempting to unscale FP16 gradients", transformers#23165)."""
+    half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+    if not (half and grad_scaling):
+        return []
+    return [Finding("adapters", "fp16-trainable-with-scaler", f"{len(half)} trainable parameters are fp16 (first: "
+                    f"{half[0]}) and this device trains with a gradient scaler: the first step fails with "
+                    "'Attempting to unscale FP16 gradients'.", "keep the trainable parameters (the adapters) in "
+                    "fp32 over the 16-bit base, as kit.train.prepare_model does (autocast computes in fp16).")]
 
 
 def group_of(name: str) -> str:
@@ -266,6 +280,7 @@ def diagnose_recipe(recipe: dict, gpu: str = "T4", n_rows: int = 64) -> Report:
     report.findings += check_labels(rows, tokenizer)
     model = prepare_model(model, recipe["method"], recipes.train_config(recipe))
     report.findings += check_adapters(model, recipe["lora_target_modules"])
+    report.findings += check_trainable_dtypes(model, profile().grad_scaling)
     batch = collate([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows[:2]],
                     pad_token_id(tokenizer))
     found, norms = check_gradients(model, batch)

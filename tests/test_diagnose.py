@@ -72,6 +72,22 @@ def test_a_model_with_nothing_trainable_is_caught(tiny):
     assert names(dg.check_adapters(model, "all-linear")) == {"nothing-trainable"}
 
 
+def test_fp16_adapters_under_a_gradient_scaler_are_caught(tiny):
+    model = prepare_model(tiny[0], "lora", lora_dropout=0.0)
+    assert dg.check_trainable_dtypes(model, grad_scaling=True) == []          # the kit's: fp32 adapters
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            p.data = p.data.half()                                            # what a hand-made setup does
+    assert dg.check_trainable_dtypes(model, grad_scaling=False) == []         # bf16/fp32 policy: no scaler
+    assert names(dg.check_trainable_dtypes(model, grad_scaling=True)) == {"fp16-trainable-with-scaler"}
+    # ... and the failure it predicts is real: torch's GradScaler refuses such gradients
+    p = next(p for p in model.parameters() if p.requires_grad)
+    optimizer, scaler = torch.optim.SGD([p], lr=0.1), torch.amp.GradScaler("cpu")
+    scaler.scale(p.float().sum()).backward()
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        scaler.unscale_(optimizer)
+
+
 def test_a_target_without_an_adapter_is_caught(tiny):
     model = prepare_model(tiny[0], "lora", lora_target_modules=["q_proj"], lora_dropout=0.0)
     found = dg.check_adapters(model, ["q_proj", "v_proj"])
