@@ -62,7 +62,8 @@ def _untemplated(text: str) -> str:
     return re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", " ", text, flags=re.S)
 
 
-@pytest.mark.parametrize("template", TEMPLATES + [README], ids=lambda p: p.stem)
+@pytest.mark.parametrize("template", TEMPLATES + [README] + sorted((lessons.TEMPLATES / "parts").glob("*.md")),
+                         ids=lambda p: p.stem)
 def test_no_lesson_states_a_measured_number_outside_a_template(template):
     text = _untemplated(template.read_text())
     for cited in [*CITED, *CONVENTIONS]:
