@@ -99,7 +99,8 @@ SECTIONS = {  # how a recipe file is laid out
                  "gradient_checkpointing", "optim", "train_sampling_strategy", "eval_steps",
                  "early_stopping_patience", "early_stopping_threshold", "seed", "disable_tqdm"],
     "LoRA adapters (method lora or qlora)": ["lora_r", "lora_alpha", "lora_dropout",
-                                             "lora_target_modules", "use_rslora"],
+                                             "lora_target_modules", "use_rslora", "use_dora",
+                                             "loraplus_lr_ratio"],
     "Run folder, checkpoints, evaluation": ["output_dir", "save_steps", "save_total_limit", "resume",
                                             "stop_after", "eval_examples"],
 }

@@ -118,6 +118,12 @@ class TrainConfig:
     lora_target_modules: str | list = knob("all-linear", "which layers get adapters: all-linear, or a "
                                            "list such as [q_proj, v_proj] (the original LoRA paper's). "
                                            "All linear layers usually learn more per parameter.")
+    use_dora: bool = knob(False, "DoRA: each adapted weight is split into a magnitude per output and a "
+                          "direction, and the LoRA update moves the direction (peft's use_dora). A few more "
+                          "parameters to train, slower steps; method lora only.")
+    loraplus_lr_ratio: float = knob(0.0, "LoRA+: lora_B learns this many times faster than lora_A (peft's "
+                                    "create_loraplus_optimizer; its paper suggests 16, with a somewhat lower "
+                                    "learning_rate); 0 = off, both at learning_rate.", low=0)
     use_rslora: bool = knob(False, "scale by lora_alpha / sqrt(lora_r) instead of lora_alpha / lora_r: "
                             "steadier when you try large ranks.")
     # ---- checkpoints (with a checkpoint_dir)
@@ -188,6 +194,16 @@ def check_config(method: str, config: TrainConfig) -> None:
         raise ValueError(f"optim={config.optim!r} needs a CUDA GPU (bitsandbytes' 8-bit optimizers); "
                          "this machine has none. Use optim='adamw_torch'.")
     check_hparams(config.lora_r, config.lora_alpha, config.lora_dropout)
+    if method == "full" and (config.use_dora or config.loraplus_lr_ratio):
+        raise ValueError("use_dora and loraplus_lr_ratio shape LoRA adapters; method='full' has none. Use "
+                         "method='lora', or leave them at False and 0.")
+    if method == "qlora" and config.use_dora:
+        raise ValueError("use_dora with method='qlora': the kit's merge of a 4-bit base adds B @ A and "
+                         "knows nothing of DoRA's magnitudes, so it cannot ship such a model. Use "
+                         "method='lora' for DoRA, or use_dora=False.")
+    if 0 < config.loraplus_lr_ratio < 1:
+        raise ValueError(f"loraplus_lr_ratio={config.loraplus_lr_ratio} would make lora_B slower than "
+                         "lora_A; LoRA+ wants it >= 1 (16 in its paper), or 0 for off.")
 
 
 def with_overrides(config: TrainConfig | None, overrides: dict) -> TrainConfig:
@@ -271,7 +287,7 @@ def prepare_model(model: nn.Module, method: str, config: TrainConfig | None = No
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, use_rslora=config.use_rslora,
-                      task_type="CAUSAL_LM")
+                      use_dora=config.use_dora, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
@@ -292,18 +308,34 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str = "cosi
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(params: list, name: str, lr: float, weight_decay: float):
-    """The optimizer named in kit.arch.OPTIMIZERS."""
+def optimizer_class(name: str, device: torch.device) -> tuple[type, dict]:
+    """(class, its extra arguments) of the optimizer named in kit.arch.OPTIMIZERS."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD, {}
     if OPTIMIZERS[name].cuda_only:
         import bitsandbytes as bnb  # optional, CUDA only (checked in check_config)
-        kind = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        return kind(params, lr=lr, weight_decay=weight_decay)
+        return (bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit), {}
     # fused: one kernel for the whole update (on a CPU, 0.12 s instead of 0.7 s per step for
     # 135M parameters); the same update rule as the default implementation, rounded differently
-    fused = params[0].device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW, {"fused": device.type in ("cpu", "cuda")}
+
+
+def make_optimizer(params: list, name: str, lr: float, weight_decay: float, loraplus_model=None,
+                   loraplus_lr_ratio: float = 0.0):
+    """The optimizer named in kit.arch.OPTIMIZERS. With a LoRA+ ratio, peft's
+    create_loraplus_optimizer builds it over `loraplus_model`'s trainable parameters, lora_B's
+    group at ratio x lr. Each group's `lr_scale` is its rate over `lr`: the loop sets
+    lr = schedule x lr_scale every step."""
+    kind, extra = optimizer_class(name, params[0].device)
+    if loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+        optimizer = create_loraplus_optimizer(loraplus_model, kind, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
+                                              weight_decay=weight_decay, **extra)
+    else:
+        optimizer = kind(params, lr=lr, weight_decay=weight_decay, **extra)
+    for group in optimizer.param_groups:
+        group["lr_scale"] = group["lr"] / lr
+    return optimizer
 
 
 def precision(prof: DeviceProfile) -> dict:
@@ -532,7 +564,7 @@ def start_run(model: nn.Module, tokenizer, data, method: str, config: TrainConfi
     if not params:
         raise ValueError("The model has no trainable parameters. A loaded adapter must be loaded "
                          "with load_adapter(..., is_trainable=True) to train it further.")
-    optimizer = make_optimizer(params, config.optim, lr, config.weight_decay)
+    optimizer = make_optimizer(params, config.optim, lr, config.weight_decay, inner, config.loraplus_lr_ratio)
     scaler = torch.amp.GradScaler("cuda", enabled=amp["grad_scaling"])
     history = History(method=method, config=dataclasses.asdict(config) | {"learning_rate": lr,
                                                                           "warmup_steps": warmup})
@@ -584,7 +616,7 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
             t0 = time.perf_counter()
             lr = lr_at(step, run.lr, run.warmup, cfg.max_steps, cfg.lr_scheduler_type)
             for group in optimizer.param_groups:
-                group["lr"] = lr                            # set by hand, nanoGPT-style
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # set by hand, nanoGPT-style (LoRA+: B x ratio)
 
             # ---- forward and backward over the micro-batches of this step
             loss_sum, tokens, slots, crc = 0.0, 0, 0, 0

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_TRAINING_ARGUMENTS = {"max_length": "TRL SFTConfig", "lora_r": "TRL ModelConfig",
                           "lora_alpha": "TRL ModelConfig", "lora_dropout": "TRL ModelConfig",
                           "lora_target_modules": "TRL ModelConfig", "use_rslora": "TRL ModelConfig",
+                          "use_dora": "TRL ModelConfig", "loraplus_lr_ratio": "peft's create_loraplus_optimizer",
                           "stop_after": "the kit's own (end a session, resume later)",
                           "early_stopping_patience": "transformers' EarlyStoppingCallback",
                           "early_stopping_threshold": "transformers' EarlyStoppingCallback"}
