@@ -54,9 +54,10 @@ def main(argv: list[str]) -> int:
                    "python -m kit finetune --help lists every knob")
     sub.add_parser("chat", help="talk to an adapter beside its base model: --adapter <folder>")
     sub.add_parser("diagnose", help="find the usual faults of a fine-tune: --config <recipe> or --run <folder>")
-    study = sub.add_parser("study", help="the comparison: learning-rate sweeps, seeds, intervals, "
-                           "forgetting (about 80 min on 2 CPU cores; resumable)")
-    study.add_argument("--smoke", action="store_true", help="tiny-llama, a few steps (under a minute)")
+    study = sub.add_parser("study", help="the comparison: every run to its plateau, rate sweeps, seeds, "
+                           "forgetting at matched learning, LoftQ (about 3 hours on 2 CPU cores; resumable)")
+    study.add_argument("--quick", "--smoke", action="store_true", dest="quick",
+                       help="tiny-llama, a few steps: every output in about a minute (its numbers mean nothing)")
     study.add_argument("--out", help="study folder (default runs/study; a finished run is skipped)")
     gpu = sub.add_parser("gpu-check", help="LoRA and QLoRA steps on the GPU vs the estimator")
     gpu.add_argument("--steps", type=int, default=5, help="optimizer steps per method (default 5)")
@@ -92,12 +93,11 @@ def main(argv: list[str]) -> int:
         from kit.lessons import main as lessons_main
         return lessons_main(["--run", args.run] if args.run else [])
     if args.command == "study":
-        from kit import study
-        from kit.plots import study_figures
-        out = args.out or ("runs/study-smoke" if args.smoke else "runs/study")
-        summary = study.run(study.SMOKE if args.smoke else study.StudyConfig(), out)
-        study_figures(summary, f"{out}/figures")
-        print(study.report(summary))
+        from kit import study, study_plots, study_report
+        out = args.out or ("runs/study-quick" if args.quick else "runs/study")
+        summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
+        study_plots.save_all(summary, f"{out}/figures")
+        print(study_report.report(summary))
         print(f"written to {out}/study.json and {out}/figures/")
         return 0
     if args.command == "gpu-check":

@@ -138,6 +138,14 @@ def profile() -> DeviceProfile:
     return make_profile("cpu", platform.machine() or "cpu", versions=library_versions())
 
 
+def hardware() -> str:
+    """One line naming the machine, for every reported number (notebooks, the study)."""
+    p = profile()
+    if p.device == "cuda":
+        return f"{p.name} (CUDA {p.capability[0]}.{p.capability[1]}, {p.total_memory / 1e9:.0f} GB)"
+    return f"CPU {platform.machine()} x{os.cpu_count()} cores, {p.dtype_name}"
+
+
 def library_versions() -> dict:
     out = {}
     for pkg in ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate"):

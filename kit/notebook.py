@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
-from kit.device import profile
+from kit.device import hardware  # noqa: F401  (nb.hardware() in every notebook)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,14 +22,6 @@ def run_dir(value: str = "") -> Path:
     (folder / "results").mkdir(parents=True, exist_ok=True)
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def hardware() -> str:
-    """One line naming the machine, for every reported number."""
-    p = profile()
-    if p.device == "cuda":
-        return f"{p.name} (CUDA {p.capability[0]}.{p.capability[1]}, {p.total_memory / 1e9:.0f} GB)"
-    return f"CPU {platform.machine()} x{os.cpu_count()} cores, {p.dtype_name}"
 
 
 def _clean(value):

@@ -91,6 +91,18 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10_000, seed:
     return {"diff": sum(d) / n, "low": low, "high": high, "verdict": _verdict(low, high)}
 
 
+def _replicate_means(runs: list[list[float]], items: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(n_boot,) means of bootstrap replicates: each draws the runs' seeds with replacement, then
+    averages the items drawn in `items` (n_boot, n) over the seeds drawn."""
+    values = torch.tensor(runs, dtype=torch.float64)            # (seeds, n)
+    n_boot = items.shape[0]
+    picks = torch.randint(len(runs), (n_boot, len(runs)), generator=g)
+    counts = torch.zeros(n_boot, len(runs), dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones_like(picks, dtype=torch.float64))
+    per_item = counts @ values / len(runs)                      # (n_boot, n): mean over the seeds drawn
+    return per_item.gather(1, items).mean(1)
+
+
 def seeds_and_items_bootstrap(a_runs: list[list[float]], b_runs: list[list[float]],
                               n_boot: int = 4_000, seed: int = 0) -> dict:
     """Difference in a per-item metric (right/wrong, or an answer's NLL) between two methods,
@@ -106,16 +118,7 @@ def seeds_and_items_bootstrap(a_runs: list[list[float]], b_runs: list[list[float
     n = len(a_runs[0])
     g = torch.Generator().manual_seed(seed)
     items = torch.randint(n, (n_boot, n), generator=g)          # the same items for both methods
-
-    def replicate_means(runs):                                  # (n_boot,) resampled means
-        values = torch.tensor(runs, dtype=torch.float64)        # (seeds, n)
-        picks = torch.randint(len(runs), (n_boot, len(runs)), generator=g)
-        counts = torch.zeros(n_boot, len(runs), dtype=torch.float64).scatter_add_(
-            1, picks, torch.ones_like(picks, dtype=torch.float64))
-        per_item = counts @ values / len(runs)                  # (n_boot, n): mean over the seeds drawn
-        return per_item.gather(1, items).mean(1)
-
-    diffs = (replicate_means(a_runs) - replicate_means(b_runs)).tolist()
+    diffs = (_replicate_means(a_runs, items, g) - _replicate_means(b_runs, items, g)).tolist()
     low, high = _percentiles(diffs)
     mean = lambda runs: sum(float(x) for r in runs for x in r) / (len(runs) * n)
     se = statistics.stdev(diffs)
@@ -150,3 +153,19 @@ def bootstrap_mean(values: list[float], n_boot: int = 4_000, seed: int = 0) -> d
     rng = random.Random(seed)
     low, high = _percentiles([sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot)])
     return {"mean": m, "low": low, "high": high, "n": n}
+
+
+def seeds_and_items_mean(runs: list[list[float]], n_boot: int = 4_000, seed: int = 0) -> dict:
+    """Mean of a per-item metric over several runs (seeds) on the same items, and its 95%
+    percentile interval from resampling the items and the seeds (as seeds_and_items_bootstrap
+    does for a difference): inside the values' range, so a KL stays >= 0, a share in [0, 1].
+    -> {"mean", "low", "high", "se", "n_seeds", "n_items"}"""
+    if not runs or len({len(r) for r in runs}) != 1 or not runs[0]:
+        raise ValueError("seeds_and_items_mean needs one or more runs scored on the same non-empty "
+                         "list of items.")
+    n = len(runs[0])
+    g = torch.Generator().manual_seed(seed)
+    means = _replicate_means(runs, torch.randint(n, (n_boot, n), generator=g), g).tolist()
+    low, high = _percentiles(means)
+    return {"mean": sum(float(x) for r in runs for x in r) / (len(runs) * n), "low": low, "high": high,
+            "se": statistics.stdev(means), "n_seeds": len(runs), "n_items": n}

@@ -1,37 +1,37 @@
-"""The comparison, done right: `python -m kit study` (make study).
+"""The comparison, second edition: `python -m kit study` (make study).
 
-Full fine-tuning, LoRA and QLoRA on the same model, task, data and token budget:
+Full fine-tuning, LoRA and QLoRA on the same model, task and data, each trained until its
+validation loss stops improving:
 
-  1. a learning-rate sweep per method (seed 0, log-spaced rates); every run's validation loss
-     every `eval_steps` steps. A method's rate is the one whose run reached the lowest
-     validation loss; if that is an end of the sweep, the sweep is extended on that side, so
-     each method's curve is seen to turn up on both sides of its best rate.
-  2. at the chosen rate, more seeds (the data order, the adapters' initialisation);
-  3. every chosen-rate run is measured twice, at its best-validation step (the trainable
-     weights are kept from that step) and at its last step: exact match on `n_test` held-out
-     items (with a Wilson interval), forgetting without generation noise (the KL divergence
-     from the base model's next-token distribution on the base's own answers to general
-     prompts; for QLoRA against the full-precision base and against its own 4-bit base), and
-     the capitals probe;
-  4. paired tests between the methods on the same test items: exact McNemar per seed, and the
-     verdict "different" or "within noise" from a bootstrap that resamples the items (the same
-     for both methods) and each method's seeds, so that it holds the noise of training too.
+  1. every run: a constant learning rate after a short warm-up (no decay forced at an arbitrary
+     horizon), validation loss every `eval_steps` steps on `n_val` items, early stopping after
+     `patience` evaluations without an improvement of more than `threshold`, and a cap of
+     `max_steps` high enough that the chosen rates stop on a plateau. At every evaluation the
+     forgetting KL on the general prompts too (QLoRA: also from its own 4-bit base), so each
+     run draws a trajectory in the learning-forgetting plane. Each run records why it stopped
+     ("plateau" or "cap") and is measured at its best-validation step: per-item answer NLL and
+     exact match (teacher-forced: kit.evaluate.answer_scores) on `n_test` items shared by all
+     methods, KL per general prompt, the capitals probe.
+  2. a learning-rate sweep per method (seed 0, half-decade rates), extended on the side where the
+     lowest validation loss sits at an edge; the chosen rate is the lowest best validation loss.
+  3. `seeds` seeds at each chosen rate (the data order, the adapters' initialisation); the
+     neighbours of the chosen rate are placed against that seed spread (kit.study_report).
+  4. a LoftQ arm: QLoRA with adapters initialised from what quantization lost
+     (kit.adapters.init_loftq), `loftq_seeds` seeds at QLoRA's chosen rate.
 
 The LoRA conventions are the same for every run and stated in the results: r and alpha fixed
-(scaling alpha / r), dropout 0 (full fine-tuning has none either), all linear layers.
+(scaling alpha / r, the LoRA paper's; rsLoRA and Schulman et al. 2025 scale otherwise), dropout 0
+(full fine-tuning has none either), all linear layers.
 
-Resumable: each finished run is a file in <out>/runs/; the same command skips them. The
-results go to <out>/study.json and the figures to <out>/figures/.
+Resumable: each finished run is a file in <out>/runs/; the same command skips them. The summary
+(kit.study_report) goes to <out>/study.json and the figures (kit.study_plots) to <out>/figures/.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,15 +39,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from kit import stats
 from kit.arch import METHOD_NAMES
 from kit.data import GENERAL_PROMPTS, RETENTION_PROBE, make_task, pad_token_id, tokenize
-from kit.device import library_versions, profile
-from kit.evaluate import divergence, exact_match, reference_answers, reference_log_probs, retention
-from kit.files import read_tensors
+from kit.device import hardware, library_versions, profile
+from kit.evaluate import answer_scores, divergences, reference_answers, reference_log_probs, retention, validation_loss
 from kit.models import load_model
 from kit.train import TrainConfig, finetune, prepare_model
 
@@ -55,44 +52,62 @@ from kit.train import TrainConfig, finetune, prepare_model
 @dataclass
 class StudyConfig:
     model: str = "smollm2-135m"
-    task: str = "extract"          # the harder task: a short run gets it partly right
-    n_train: int = 200
-    n_val: int = 32                # validation loss every eval_steps: picks the rate and the best step
-    n_test: int = 200              # held-out items for exact match (a Wilson interval of +-7 points)
-    n_general: int = 100           # general prompts for the forgetting measure (of GENERAL_PROMPTS)
+    task: str = "dates"            # learnt to a plateau within the cap on 2 cores (see lesson 06)
+    n_train: int = 1200            # 80 steps x 8 = 640 examples at most: no run sees an example twice
+    n_val: int = 64                # validation loss at every evaluation: picks the rate and the best step
+    n_test: int = 512              # items for the headline metrics, the same for every run
+    n_general: int = 64            # general prompts for the forgetting KL (of GENERAL_PROMPTS)
+    general_tokens: int = 32       # tokens of the base's own answer to each general prompt
     n_probe: int = 30              # capitals questions (kit.data.RETENTION_PROBE)
-    max_steps: int = 20
-    batch_size: int = 8            # 20 x 8 = 160 examples: 0.8 of a pass over the training set
-    eval_steps: int = 4            # the same cadence for every run: steps 0, 4, ..., 20
+    max_steps: int = 80            # the cap; a run normally stops earlier, on a plateau
+    batch_size: int = 8
+    warmup_steps: int = 4
+    schedule: str = "constant_with_warmup"
+    eval_steps: int = 8            # an evaluation costs about 6 steps' time on a CPU: every 8 steps
+    patience: int = 2              # evaluations (16 steps) without improvement before a run stops
+    threshold: float = 0.001       # an improvement is a drop of the best validation loss by more than this
     lora_r: int = 8
     lora_alpha: float = 16         # fixed for every run: scaling alpha / r = 2
     lora_dropout: float = 0.0      # as full fine-tuning: no dropout anywhere
     # half-decade steps (x 3.16); a sweep is extended by up to `extend` rates on the side
     # where its best rate sits at the edge
     rates: dict = field(default_factory=lambda: {
-        "full": [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3],
-        "lora": [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2],
-        "qlora": [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2]})
-    seeds: int = 3
+        "full": [3.16e-5, 1e-4, 3.16e-4],
+        "lora": [3.16e-4, 1e-3, 3.16e-3],
+        "qlora": [3.16e-4, 1e-3, 3.16e-3]})
     extend: int = 2
+    seeds: int = 5                 # at each method's chosen rate
+    loftq_seeds: int = 3           # QLoRA with LoftQ initialisation, at QLoRA's chosen rate
     methods: tuple = METHOD_NAMES
     data_seed: int = 0             # the data are the same for every run
 
 
-SMOKE = StudyConfig(model="tiny-llama", n_train=16, n_val=4, n_test=8, n_general=6, n_probe=4,
-                    max_steps=3, batch_size=2, eval_steps=1, seeds=2, extend=1,
-                    rates={"full": [1e-3, 1e-2, 1e-1], "lora": [1e-2, 1e-1, 1.0],
-                           "qlora": [1e-2, 1e-1, 1.0]})
+# About a minute on tiny-llama (random weights: its numbers mean nothing): the whole pipeline and
+# every output, for a try (python -m kit study --quick) and for the tests.
+QUICK = StudyConfig(model="tiny-llama", n_train=64, n_val=8, n_test=16, n_general=6, general_tokens=8,
+                    n_probe=4, max_steps=6, batch_size=4, warmup_steps=1, eval_steps=2, patience=2,
+                    seeds=2, loftq_seeds=2, extend=1,
+                    rates={"full": [1e-3, 1e-2], "lora": [1e-2, 1e-1], "qlora": [1e-2, 1e-1]})
+
+
+def for_this_machine(cfg: StudyConfig | None = None) -> StudyConfig:
+    """The default design, larger where a GPU makes it cheap (a higher cap, more items)."""
+    cfg = cfg or StudyConfig()
+    if profile().device == "cuda":
+        cfg = dataclasses.replace(cfg, max_steps=200, n_test=1000, n_general=110)
+    return cfg
 
 
 # ---------------------------------------------------------------------------- one run
-def run_name(method: str, lr: float, seed: int) -> str:
-    return f"{method}_lr{lr:.3g}_seed{seed}"
+def run_name(method: str, lr: float, seed: int, init: str = "plain") -> str:
+    return f"{method}{'-' + init if init != 'plain' else ''}_lr{lr:.3g}_seed{seed}"
 
 
 def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
     return TrainConfig(max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-                       learning_rate=lr, eval_steps=cfg.eval_steps, seed=seed, disable_tqdm=True,
+                       learning_rate=lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.schedule,
+                       eval_steps=cfg.eval_steps, early_stopping_patience=cfg.patience,
+                       early_stopping_threshold=cfg.threshold, seed=seed, disable_tqdm=True,
                        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
 
 
@@ -107,41 +122,55 @@ def _load_trainable(model, state: dict) -> None:
                 p.copy_(state[n])
 
 
-def train_one(ctx: "Context", method: str, lr: float, seed: int) -> tuple[dict, object, dict]:
-    """Train one run; -> (its record, the model at its last step, the trainable weights of
-    its best-validation step)."""
-    quant = "nf4" if method == "qlora" else None
-    model, _ = load_model(ctx.cfg.model, quantization=quant)
+def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "plain") -> dict:
+    """Train one run to its plateau (or the cap), measuring forgetting at every evaluation, then
+    measure it at its best-validation step. -> the run's record (written to <out>/runs/)."""
+    model, _ = load_model(ctx.cfg.model, quantization="nf4" if method == "qlora" else None)
+    cfg = _config(ctx.cfg, lr, seed)
+    loftq = None
+    if init == "loftq":
+        from kit.adapters import init_loftq
+        torch.manual_seed(seed)
+        model = prepare_model(model, method, cfg)
+        loftq = init_loftq(model, ctx.base)
     best = {"val": math.inf, "step": None, "state": None}
+    trajectory = []
 
-    def keep_best(step, val_loss, m):
+    def at_eval(step, val_loss, m):
+        kl = divergences(m, ctx.references(method), ctx.general, ctx.pad_id)
+        trajectory.append({"step": step, "val_loss": val_loss, "kl": kl["fp32"]["kl"],
+                           **({"kl_own": kl["nf4"]["kl"]} if "nf4" in kl else {}),
+                           "per_item_kl": kl["fp32"]["per_item_kl"]})
         if val_loss < best["val"]:
             best.update(val=val_loss, step=step, state=_trainable(m))
 
     t0 = time.perf_counter()
-    result = finetune(model, ctx.tokenizer, ctx.data, method, _config(ctx.cfg, lr, seed), on_eval=keep_best)
+    result = finetune(model, ctx.tokenizer, ctx.data, method, cfg, on_eval=at_eval)
+    seconds = time.perf_counter() - t0
     hist = result.history
-    finite = [e for e in hist.evals if math.isfinite(e["val_loss"])]
-    record = {"method": method, "lr": lr, "seed": seed, "seconds": time.perf_counter() - t0,
+    if best["state"] is not None:
+        _load_trainable(result.model, best["state"])
+    t1 = time.perf_counter()
+    record = {"method": method, "init": init, "lr": lr, "seed": seed, "seconds": seconds,
               "median_step_s": statistics.median(s["step_time"] for s in hist.steps),
               "trainable": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
-              "train_loss": hist.losses, "evals": hist.evals,
-              "best_step": best["step"], "best_val": best["val"] if finite else None,
-              "last_val": hist.evals[-1]["val_loss"] if hist.evals else None}
-    return record, result.model, best["state"]
+              "train_loss": hist.losses, "history": trajectory, "stop": hist.stop,
+              "steps": len(hist.steps), "best_step": best["step"],
+              "best_val": best["val"] if math.isfinite(best["val"]) else None,
+              "loftq": loftq, "measured": measure(ctx, method, result.model)}
+    record["measure_seconds"] = time.perf_counter() - t1
+    return record
 
 
 def measure(ctx: "Context", method: str, model) -> dict:
-    """Exact match on the test items, forgetting (KL, NLL) and the capitals probe, now."""
-    em = exact_match(model, ctx.tokenizer, ctx.data["test"], task=ctx.cfg.task, batch_size=50)
-    k, n = em["correct"], em["total"]
-    out = {"accuracy": k / n, "correct": k, "total": n, "interval": stats.wilson(k, n),
-           "items": [x["ok"] for x in em["examples"]],
-           "forgetting": divergence(model, ctx.base_lp, ctx.general, ctx.pad_id),
-           "capitals": retention(model, ctx.tokenizer, probe=ctx.probe)["score"]}
-    if method == "qlora":   # against its own 4-bit base (what its adapters switched off compute)
-        out["forgetting_own_base"] = divergence(model, ctx.nf4_log_probs(), ctx.general, ctx.pad_id)
-    return out
+    """The headline metrics, now: per-item answer NLL and exact match on the test items, KL per
+    general prompt (QLoRA: from the fp32 base and from its own 4-bit base), the capitals probe."""
+    scores = answer_scores(model, ctx.test, ctx.pad_id)
+    kl = divergences(model, ctx.references(method), ctx.general, ctx.pad_id)
+    return {"answer_nll": scores["nll"], "exact": scores["exact"],
+            "mean_nll": scores["mean_nll"], "accuracy": scores["accuracy"],
+            "kl": {name: {"kl": v["kl"], "per_item_kl": v["per_item_kl"]} for name, v in kl.items()},
+            "capitals": retention(model, ctx.tokenizer, probe=ctx.probe)["score"]}
 
 
 # ---------------------------------------------------------------------------- the study
@@ -151,18 +180,23 @@ class Context:
     out: Path
     tokenizer: object
     data: object
+    test: object            # the tokenized test items
     base: object            # the full-precision base: the reference for forgetting
     general: object         # tokenized base answers to general prompts
     probe: list
     pad_id: int
     base_lp: list = None    # the base's log-probabilities on those answers (kit.evaluate)
     nf4_lp: list = None     # ... and the 4-bit base's, once QLoRA needs them
+    started: list = None    # [perf_counter at the last wall-clock entry] (see _clock)
 
-    def nf4_log_probs(self) -> list:
-        if self.nf4_lp is None:
-            nf4, _ = load_model(self.cfg.model, quantization="nf4")
-            self.nf4_lp = reference_log_probs(nf4, self.general, self.pad_id)
-        return self.nf4_lp
+    def references(self, method: str) -> dict:
+        refs = {"fp32": self.base_lp}
+        if method == "qlora":
+            if self.nf4_lp is None:
+                nf4, _ = load_model(self.cfg.model, quantization="nf4")
+                self.nf4_lp = reference_log_probs(nf4, self.general, self.pad_id)
+            refs["nf4"] = self.nf4_lp
+        return refs
 
 
 def _read(path: Path):
@@ -176,15 +210,13 @@ def _write(path: Path, payload) -> None:
 
 
 def _base_record(ctx: Context) -> dict:
-    """The bases before any training: exact match, capitals, and what 4-bit storage alone does."""
+    """The bases before any training, measured as the runs are: the 4-bit base alone is a point
+    of the learning-forgetting plane (its validation loss, its KL from the fp32 base)."""
     nf4, _ = load_model(ctx.cfg.model, quantization="nf4")
+    val = tokenize(ctx.data["validation"], ctx.tokenizer)
     rec = {}
-    for name, m in (("fp32", ctx.base), ("nf4", nf4)):
-        em = exact_match(m, ctx.tokenizer, ctx.data["test"], task=ctx.cfg.task, batch_size=50)
-        rec[name] = {"accuracy": em["accuracy"], "correct": em["correct"], "total": em["total"],
-                     "interval": stats.wilson(em["correct"], em["total"]),
-                     "capitals": retention(m, ctx.tokenizer, probe=ctx.probe)["score"]}
-    rec["nf4"]["forgetting"] = divergence(nf4, ctx.base_lp, ctx.general, ctx.pad_id)  # quantization damage
+    for name, m, method in (("fp32", ctx.base, "full"), ("nf4", nf4, "qlora")):
+        rec[name] = measure(ctx, method, m) | {"val_loss": validation_loss(m, val, ctx.pad_id)["loss"]}
     return rec
 
 
@@ -194,228 +226,113 @@ def choose(sweep: dict[float, dict]) -> float:
 
 
 def plan(cfg: StudyConfig) -> int:
-    return len(cfg.methods) * (len(next(iter(cfg.rates.values()))) + cfg.seeds - 1)
+    per_method = len(next(iter(cfg.rates.values()))) + cfg.seeds - 1
+    return len(cfg.methods) * per_method + (cfg.loftq_seeds if "qlora" in cfg.methods else 0)
 
 
 def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
     """Run (or resume) the study into `out`; returns the summary (also <out>/study.json)."""
+    from kit import study_report
+
     cfg = cfg or StudyConfig()
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "weights").mkdir(exist_ok=True)
-    started = time.perf_counter()
+    started = [time.perf_counter()]          # the wall clock since the last entry in wall.json
     settings = _read(out / "settings.json")
     if settings is not None and settings != _jsonable(cfg):
         raise ValueError(f"{out} holds a study with other settings; use another --out, or delete it.")
     _write(out / "settings.json", _jsonable(cfg))
+    _clock(out, started, new_call=True)
 
     base, tokenizer = load_model(cfg.model)
     data = make_task(cfg.task, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
     pad_id = pad_token_id(tokenizer)
     general_file = out / "general_answers.json"
     if not general_file.exists():
-        answers = reference_answers(base, tokenizer, GENERAL_PROMPTS[:cfg.n_general])
+        answers = reference_answers(base, tokenizer, GENERAL_PROMPTS[:cfg.n_general],
+                                    max_new_tokens=cfg.general_tokens)
         _write(general_file, answers.to_dict())
     general = tokenize(Dataset.from_dict(_read(general_file)), tokenizer)
-    ctx = Context(cfg, out, tokenizer, data, base, general, RETENTION_PROBE[:cfg.n_probe], pad_id,
-                  base_lp=reference_log_probs(base, general, pad_id))
+    ctx = Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
+                  RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
+                  started=started)
     base_rec = _read(out / "base.json")
     if base_rec is None:
         base_rec = _base_record(ctx)
         _write(out / "base.json", base_rec)
 
-    bar = tqdm(total=plan(cfg), desc="study runs", unit="run", file=sys.stderr)
-    methods = {}
+    # the ETA is the runs still to train at the mean pace of those trained in this call
+    # (smoothing=0; a finished run read from its file raises `initial` so it does not count)
+    bar = tqdm(total=plan(cfg), desc="study runs", unit="run", file=sys.stderr, smoothing=0)
+    runs = []
     for method in cfg.methods:
         rates = sorted(cfg.rates[method])
         sweep = {lr: _run_or_read(ctx, method, lr, 0, bar) for lr in rates}
         for _ in range(cfg.extend):        # the best rate at an edge: one more rate beyond it
             best = choose(sweep)
-            if best not in (rates[0], rates[-1]):
+            if best not in (rates[0], rates[-1]) or len(rates) < 2:
                 break
             step = rates[1] / rates[0] if best == rates[0] else rates[-1] / rates[-2]
-            new = best / step if best == rates[0] else best * step
-            new = float(f"{new:.3g}")
+            new = float(f"{(best / step if best == rates[0] else best * step):.3g}")
             bar.total += 1
             rates = sorted(rates + [new])
             sweep[new] = _run_or_read(ctx, method, new, 0, bar)
         chosen = choose(sweep)
-        if sweep[chosen]["measured"] is None:
-            sweep[chosen]["measured"] = measure_chosen(ctx, sweep[chosen])
-            _write(out / "runs" / f"{run_name(method, chosen, 0)}.json", sweep[chosen])
-        for lr in rates:                   # the sweep's weights are not needed any more
-            for when in ("best", "last"):
-                (out / "weights" / f"{run_name(method, lr, 0)}-{when}.safetensors").unlink(missing_ok=True)
-        seeds = [sweep[chosen]] + [_run_or_read(ctx, method, chosen, s, bar)
-                                   for s in range(1, cfg.seeds)]
-        methods[method] = {"rates": rates, "chosen_lr": chosen, "at_edge": chosen in (rates[0], rates[-1]),
-                           "sweep": [{k: sweep[lr][k] for k in ("lr", "best_val", "last_val", "best_step")}
-                                     for lr in rates],
-                           "runs": seeds}
+        runs += list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
+        if method == "qlora":
+            runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
     bar.close()
-    summary = summarize(cfg, methods, base_rec)
-    summary["hardware"] = _hardware()
-    summary["versions"] = library_versions()
-    summary["recorded_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    summary["command"] = "python -m kit study" + (" --smoke" if cfg == SMOKE else "")
-    summary["commit"] = _commit()
-    summary["train_seconds"] = sum(_read(p)["seconds"] for p in (out / "runs").glob("*.json"))
-    summary["wall_s_this_call"] = time.perf_counter() - started  # a resumed study: this call only
+    wall = _clock(out, started)
+    summary = study_report.summarize(_jsonable(cfg), runs, base_rec)
+    summary |= {"hardware": hardware(), "versions": library_versions(),
+                "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": _commit(),
+                "train_seconds": sum(r["seconds"] + r.get("measure_seconds", 0) for r in runs),
+                "wall_s": wall["wall_s"], "calls": wall["calls"]}
     _write(out / "study.json", summary)
     return _read(out / "study.json")          # as JSON holds it (tuples become lists)
 
 
-def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar) -> dict:
-    """A finished run is read from its file; otherwise it is trained (and, at a chosen rate,
-    measured). Sweep runs (seed 0) keep their best and last weights on disk until the rate is
-    chosen, so the chosen one is measured without training it again."""
-    name = run_name(method, lr, seed)
-    path = ctx.out / "runs" / f"{name}.json"
+def _clock(out: Path, started: list, new_call: bool = False) -> dict:
+    """Add the wall time since the last entry to <out>/wall.json, after every run, so a study
+    stopped and resumed (over several sessions) still adds up to its true wall time; `calls`
+    counts the commands that worked on it."""
+    now = time.perf_counter()
+    wall = _read(out / "wall.json") or {"wall_s": 0.0, "calls": 0}
+    wall = {"wall_s": wall["wall_s"] + now - started[0], "calls": wall["calls"] + new_call}
+    started[0] = now
+    _write(out / "wall.json", wall)
+    return wall
+
+
+def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar, init: str = "plain") -> dict:
+    """A finished run is read from its file; otherwise it is trained and measured."""
+    path = ctx.out / "runs" / f"{run_name(method, lr, seed, init)}.json"
     record = _read(path)
     if record is None:
-        bar.set_postfix_str(name)
-        record, model, best_state = train_one(ctx, method, lr, seed)
-        record["measured"] = None
-        weights = ctx.out / "weights"
-        if seed == 0:                       # measured later, if this rate is chosen
-            save_file({k: v.contiguous() for k, v in _trainable(model).items()}, str(weights / f"{name}-last.safetensors"))
-            if best_state is not None:
-                save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights / f"{name}-best.safetensors"))
-        else:
-            record["measured"] = _measure_both(ctx, method, model, best_state, record)
+        bar.set_postfix_str(path.stem)
+        record = train_one(ctx, method, lr, seed, init)
         _write(path, record)
-        del model
+        _clock(ctx.out, ctx.started)
+    else:
+        bar.initial += 1
     bar.update(1)
     return record
 
 
-def _measure_both(ctx: Context, method: str, model, best_state, record) -> dict:
-    """The run's measurements at its last step, then at its best-validation step."""
-    out = {"last": measure(ctx, method, model)}
-    if best_state is not None and record["best_step"] != ctx.cfg.max_steps:
-        _load_trainable(model, best_state)
-        out["best"] = measure(ctx, method, model)
-    else:
-        out["best"] = out["last"]           # the best step was the last one
-    return out
-
-
-def measure_chosen(ctx: Context, record: dict) -> dict:
-    """Measure a sweep run (seed 0) from its saved weights."""
-    name = run_name(record["method"], record["lr"], record["seed"])
-    weights = ctx.out / "weights"
-    model, _ = load_model(ctx.cfg.model, quantization="nf4" if record["method"] == "qlora" else None)
-    torch.manual_seed(record["seed"])
-    model = prepare_model(model, record["method"], _config(ctx.cfg, record["lr"], record["seed"]))
-    _load_trainable(model, read_tensors(weights / f"{name}-last.safetensors", "checkpoint"))
-    best_file = weights / f"{name}-best.safetensors"
-    best = read_tensors(best_file, "checkpoint") if best_file.exists() else None
-    model.eval()
-    return _measure_both(ctx, record["method"], model, best, record)
-
-
-# ---------------------------------------------------------------------------- summary
+# ---------------------------------------------------------------------------- provenance
 def _jsonable(cfg: StudyConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def _commit() -> str | None:
-    """The kit's git commit, when it runs from a clone (None otherwise)."""
+    """The kit's git commit, "-dirty" when the clone has uncommitted changes (None outside a clone)."""
+    import subprocess
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=5)
     except OSError:
         return None
     return done.stdout.strip() or None
 
 
-def _hardware() -> str:
-    p = profile()
-    if p.device == "cuda":
-        return f"{p.name} (CUDA {p.capability[0]}.{p.capability[1]}, {p.total_memory / 1e9:.0f} GB)"
-    return f"CPU {platform.machine()} x{os.cpu_count()} cores, {p.dtype_name}"
-
-
-def summarize(cfg: StudyConfig, methods: dict, base: dict) -> dict:
-    """Per method: the chosen rate, accuracy per seed and over seeds (at the best-validation
-    step and at the last step), forgetting; between methods: paired tests on the same items."""
-    per = {}
-    for m, info in methods.items():
-        at = {}
-        for when in ("best", "last"):
-            runs = [r["measured"][when] for r in info["runs"]]
-            at[when] = {
-                "accuracy": stats.mean_interval([r["accuracy"] for r in runs]),
-                "per_seed": [{"seed": r0["seed"], "accuracy": r["accuracy"], "interval": r["interval"],
-                              "kl": r["forgetting"]["kl"], "capitals": r["capitals"]}
-                             for r0, r in zip(info["runs"], runs)],
-                "pooled": dict(zip(("low", "high"), stats.wilson(sum(r["correct"] for r in runs),
-                                                                 sum(r["total"] for r in runs)))),
-                "kl": stats.mean_interval([r["forgetting"]["kl"] for r in runs]),
-                "nll": stats.mean_interval([r["forgetting"]["nll"] for r in runs]),
-                "capitals": stats.mean_interval([r["capitals"] for r in runs])}
-            if m == "qlora":
-                at[when]["kl_own_base"] = stats.mean_interval([r["forgetting_own_base"]["kl"] for r in runs])
-        per[m] = {k: v for k, v in info.items() if k != "runs"} | at | {
-            "step_s": statistics.median(r["median_step_s"] for r in info["runs"]),
-            "best_steps": [r["best_step"] for r in info["runs"]],
-            "curves": [{"seed": r["seed"], "train_loss": r["train_loss"], "evals": r["evals"]}
-                       for r in info["runs"]]}
-    pairs = {}
-    names = list(methods)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            entry = {}
-            for when in ("best", "last"):
-                ra = [r["measured"][when]["items"] for r in methods[a]["runs"]]
-                rb = [r["measured"][when]["items"] for r in methods[b]["runs"]]
-                mean_a = [statistics.fmean(col) for col in zip(*ra)]
-                mean_b = [statistics.fmean(col) for col in zip(*rb)]
-                entry[when] = {"mcnemar_per_seed": [stats.mcnemar(x, y) for x, y in zip(ra, rb)],
-                               "items_bootstrap": stats.paired_bootstrap(mean_a, mean_b),
-                               # the verdict: the test items' noise and training's (seeds)
-                               "bootstrap": stats.seeds_and_items_bootstrap(ra, rb, n_boot=2000)}
-            pairs[f"{a} vs {b}"] = entry
-    lrs = {m: methods[m]["chosen_lr"] for m in methods}
-    return {"settings": _jsonable(cfg), "base": base, "methods": per, "pairs": pairs,
-            "lora_conventions": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "scaling": cfg.lora_alpha / cfg.lora_r,
-                                 "dropout": cfg.lora_dropout, "targets": "all-linear"},
-            "lr_ratio": {"lora/full": lrs["lora"] / lrs["full"]} if {"lora", "full"} <= set(lrs) else {}}
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def report(summary: dict) -> str:
-    """The study in a few markdown tables: what was chosen, how well each method learned and
-    how much it forgot (95% intervals), and which differences are more than noise."""
-    s = summary["settings"]
-    lines = [f"# Study: {s['model']}, task {s['task']}, {s['max_steps']} steps of {s['batch_size']}, "
-             f"LoRA r={s['lora_r']} alpha={s['lora_alpha']} dropout={s['lora_dropout']}",
-             f"{summary.get('hardware', '')}; {summary.get('recorded_at', '')}", "",
-             "| method | rates swept | chosen rate | exact match at best step (mean, 95% t over seeds) "
-             "| at last step | KL forgetting (best step) | capitals (best step) | s/step |",
-             "|---|---|---|---|---|---|---|---|"]
-    base = summary["base"]["fp32"]
-    for m, info in summary["methods"].items():
-        best, last = info["best"], info["last"]
-        acc = lambda a: f"{_pct(a['mean'])} [{_pct(a['low'])}, {_pct(a['high'])}]"
-        kl = best["kl"]
-        lines.append(f"| {m} | {', '.join(f'{r:.3g}' for r in info['rates'])} | {info['chosen_lr']:.3g}"
-                     f"{' (at the edge)' if info['at_edge'] else ''} | {acc(best['accuracy'])} | "
-                     f"{acc(last['accuracy'])} | {kl['mean']:.4f} | {_pct(best['capitals']['mean'])} | "
-                     f"{info['step_s']:.2f} |")
-    lines += ["", f"Base model: exact match {_pct(base['accuracy'])} "
-                  f"[{_pct(base['interval'][0])}, {_pct(base['interval'][1])}], capitals {_pct(base['capitals'])}; "
-                  f"4-bit base alone: KL {summary['base']['nf4']['forgetting']['kl']:.4f} from the fp32 base.",
-              "", "| pair (best step) | difference in accuracy (bootstrap over items and seeds, 95%) | "
-                  "verdict | McNemar p per seed |", "|---|---|---|---|"]
-    for pair, entry in summary["pairs"].items():
-        b = entry["best"]["bootstrap"]
-        ps = ", ".join(f"{r['p']:.3f}" for r in entry["best"]["mcnemar_per_seed"])
-        lines.append(f"| {pair} | {100 * b['diff']:+.1f} points [{100 * b['low']:+.1f}, {100 * b['high']:+.1f}] "
-                     f"| {b['verdict']} | {ps} |")
-    if summary.get("lr_ratio"):
-        lines += ["", f"LoRA's chosen rate / full fine-tuning's: {summary['lr_ratio']['lora/full']:.3g}"]
-    return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """06 · Which one should you use?, run headless; assertions on what it recorded.
 
-Both tests read a smoke study (`python -m kit study --smoke`, made once for the module). The
+Both tests read a quick study (`python -m kit study --quick`, made once for the module). The
 first runs the smoke parameters on the bundled model (its own short runs). The second runs the
 notebook twice on tiny-llama with another RANK and GPU and checks that the tables move with
 them: nothing in them is typed by hand."""
@@ -15,10 +15,10 @@ NAME = "06_choosing_a_method"
 
 @pytest.fixture(scope="module")
 def smoke_study(tmp_path_factory):
-    """A smoke study (tiny-llama, a few steps; about 40 s): the notebook's STUDY."""
+    """A quick study (tiny-llama, a few steps; about a minute): the notebook's STUDY."""
     from kit import study
     out = tmp_path_factory.mktemp("study")
-    study.run(study.SMOKE, out)
+    study.run(study.QUICK, out)
     return out / "study.json"
 
 
@@ -64,31 +64,34 @@ def test_choosing_notebook(tmp_path, smoke_study):
     calc = res["calculator"]
     assert calc["settings"]["gpu"] == "T4" and calc["fits"] is True      # 7B QLoRA on a T4
     assert calc["largest"]["qlora"]["params"] > calc["largest"]["lora"]["params"] > calc["largest"]["full"]["params"]
-    for fig in ("06_overview", "06_estimate_vs_measured", "06_seed_table", "06_calculator",
-                "06_study_lr_curves", "06_study_learning_forgetting", "06_study_loss_bands"):
+    for fig in ("06_overview", "06_estimate_vs_measured", "06_seed_table", "06_calculator", "06_study_lr_curves",
+                "06_study_plane", "06_study_matched", "06_study_loss_bands"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
 
-    # quality comes from the study, with its intervals and the pairs' verdicts
+    # quality comes from the study, with its intervals and the comparisons' verdicts
     summary = json.loads(smoke_study.read_text())
     study = res["study"]
     assert study["path"] == str(smoke_study) and study["smoke"] is True and study["reference"] is False
     assert study["hardware"] == summary["hardware"] and study["recorded_at"] == summary["recorded_at"]
-    assert "smoke study" in study["label"] and "recorded on" not in study["label"]
-    assert set(study["methods"]) == {"full", "lora", "qlora"}
+    assert "quick study" in study["label"] and "recorded on" not in study["label"]
+    assert set(study["methods"]) == {"full", "lora", "qlora"} and "qlora-loftq" in study["arms"]
     for m, info in study["methods"].items():
         assert info["chosen_lr"] == summary["methods"][m]["chosen_lr"] and info["chosen_lr"] in info["rates"]
-        acc = info["accuracy"]
-        assert acc["n"] == summary["settings"]["seeds"] and 0 <= acc["mean"] <= 1
+        arm = study["arms"][m]
+        acc = arm["exact_match"]
+        assert arm["seeds"] == summary["settings"]["seeds"] and 0 <= acc["low"] <= acc["mean"] <= acc["high"] <= 1
         assert rows[m]["accuracy_after"] == pytest.approx(acc["mean"])            # the study's, not a short run's
-        assert rows[m]["retention_after"] == pytest.approx(info["capitals"]["mean"])
-        assert "study" in rows[m]["quality_source"] and info["kl"]["mean"] >= 0
+        assert rows[m]["answer_nll_after"] == pytest.approx(arm["answer_nll"]["mean"])
+        assert rows[m]["retention_after"] == pytest.approx(arm["capitals"]["mean"])
+        assert "study" in rows[m]["quality_source"] and arm["kl_at_matched"]["low"] >= 0
     assert rows["qlora"]["accuracy_before"] == summary["base"]["nf4"]["accuracy"]
-    assert set(study["pairs"]) == {"full vs lora", "full vs qlora", "lora vs qlora"}
-    for pair, p in study["pairs"].items():
-        assert p["verdict"] in ("different", "within noise") and p["low"] <= p["diff"] <= p["high"]
-        assert (p["verdict"] == "within noise") == (p["low"] <= 0 <= p["high"])
-        assert p["verdict"] in res["decision"] and pair in res["decision"]
-    assert study["lr_ratio"] == pytest.approx(study["methods"]["lora"]["chosen_lr"] / study["methods"]["full"]["chosen_lr"])
+    assert study["comparisons"] == summary["comparisons"]
+    for c in study["comparisons"]:
+        assert c["low"] <= c["diff"] <= c["high"] or c["low"] == c["high"]
+        assert (c["verdict"] == "different") == (not c["low"] <= 0 <= c["high"]) or c["se"] == 0
+    for c in (c for c in study["comparisons"] if c["metric"] in ("answer_nll", "kl_at_matched") and "loftq" not in c["b"]):
+        assert f"{c['a']} vs {c['b']}, {c['metric']}" in res["decision"]
+    assert study["lr_ratio"]["lora/full"] == pytest.approx(study["methods"]["lora"]["chosen_lr"] / study["methods"]["full"]["chosen_lr"])
 
     # the decision names the estimator's error band where the headroom is smaller than it
     band = res["peak_band"]

@@ -102,3 +102,20 @@ def test_the_detectable_difference_shrinks_with_more_items_and_seeds():
     # a continuous per-item metric (an answer's NLL) works the same way
     nll = stats.seeds_and_items_bootstrap([[1.0, 2.0, 3.0]] * 2, [[0.5, 1.5, 2.5]] * 2, n_boot=500)
     assert nll["diff"] == pytest.approx(0.5) and nll["low"] == pytest.approx(0.5) and nll["verdict"] == "different"
+
+
+def test_the_mean_over_seeds_and_items_stays_inside_what_is_possible():
+    import random
+    rng = random.Random(0)
+    items = [rng.random() < 0.7 for _ in range(200)]
+    same = [[float(x) for x in items]] * 4                       # four seeds that agree
+    spread = [[float(x and rng.random() < 0.9) for x in items] for _ in range(4)]   # seeds that differ
+    a, b = stats.seeds_and_items_mean(same), stats.seeds_and_items_mean(spread)
+    assert a["mean"] == pytest.approx(sum(items) / 200)
+    for d in (a, b):
+        assert 0 <= d["low"] <= d["mean"] <= d["high"] <= 1
+    kl = stats.seeds_and_items_mean([[0.0] * 50 + [0.2] * 3, [0.0] * 53])    # mostly zero: never below
+    assert kl["low"] >= 0
+    assert b["n_seeds"] == 4 and b["n_items"] == 200
+    with pytest.raises(ValueError, match="same non-empty"):
+        stats.seeds_and_items_mean([[1.0], [1.0, 2.0]])
