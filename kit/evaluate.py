@@ -138,22 +138,15 @@ def validation_loss(model, tokenized, pad_token_id: int, batch_size: int = 8) ->
                          "kit.data.tokenize(data['validation'], tokenizer) first.")
     if len(tokenized) == 0:
         raise ValueError("The tokenized dataset is empty: there is nothing to evaluate.")
-    cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
-    rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
-    device, was_training = _device(model), model.training
+    was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size],
-                                                         pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-            # position t predicts token t+1
-            logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]  # (B, T-1, V), (B, T-1)
+        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+            logits, mask, labels = _scored_logits(model, inputs, mask, labels)      # (B, K, V)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum").item()
-            tokens += int((labels != IGNORE_INDEX).sum())
+            tokens += int(mask.sum())
     finally:
         model.train(was_training)
     if tokens == 0:
@@ -194,8 +187,8 @@ def _answer_batches(tokenized, pad_token_id: int, batch_size: int, device):
     """The tokenized rows in collated batches, with the mask of answer positions: position t
     predicts token t+1, so the mask and targets are the labels shifted by one."""
     if "labels" not in getattr(tokenized, "column_names", []):
-        raise ValueError("divergence needs tokenized data (with labels); call "
-                         "kit.data.tokenize(reference_answers(...), tokenizer) first.")
+        raise ValueError("scoring answers needs tokenized data (with labels); call "
+                         "kit.data.tokenize(dataset, tokenizer) first.")
     cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
     rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
     for start in range(0, len(rows), batch_size):
@@ -205,10 +198,22 @@ def _answer_batches(tokenized, pad_token_id: int, batch_size: int, device):
             labels != IGNORE_INDEX, labels
 
 
+def _scored_logits(model, inputs: dict, mask, labels):
+    """The next-token logits, in fp32, only at the positions where some row of the batch has an
+    answer token: (B, K, V), with the mask and labels cut to the same K positions. The output
+    layer (hidden size x vocabulary) then runs on K positions, not all of them: on the bundled
+    model it is a fifth of the forward pass, and answers are short beside their prompts.
+    (transformers' `logits_to_keep` with the positions as a tensor.)"""
+    keep = mask.any(0).nonzero().squeeze(1)                                          # (K,)
+    logits = model(**inputs, logits_to_keep=keep).logits.float()                     # (B, K, V)
+    return logits, mask[:, keep], labels[:, keep]
+
+
 @torch.no_grad()
-def _log_probs(model, inputs: dict, mask) -> torch.Tensor:
+def _log_probs(model, inputs: dict, mask, labels) -> torch.Tensor:
     """log-softmax of the model's next-token logits at the answer positions: (n, V), fp32."""
-    return F.log_softmax(model(**inputs).logits[:, :-1].float(), -1)[mask]
+    logits, mask, _ = _scored_logits(model, inputs, mask, labels)
+    return F.log_softmax(logits, -1)[mask]
 
 
 @torch.no_grad()
@@ -219,8 +224,8 @@ def reference_log_probs(reference, tokenized, pad_token_id: int, batch_size: int
     was_training = reference.training
     reference.eval()
     try:
-        return [_log_probs(reference, inputs, mask).cpu()
-                for inputs, mask, _ in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
+        return [_log_probs(reference, inputs, mask, labels).cpu()
+                for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
     finally:
         reference.train(was_training)
 
@@ -239,7 +244,7 @@ def divergences(model, references: dict, tokenized, pad_token_id: int, batch_siz
     try:
         for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
                                                                    _device(model))):
-            log_q = _log_probs(model, inputs, mask)                                   # (n, V)
+            log_q = _log_probs(model, inputs, mask, labels)                           # (n, V)
             target = labels[mask][:, None]                                            # (n, 1)
             row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (n,)
             counts = mask.sum(1)                                                      # answer tokens per row
@@ -306,8 +311,8 @@ def answer_scores(model, tokenized, pad_token_id: int, batch_size: int = 16) -> 
     model.eval()
     try:
         for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
-            logits = model(**inputs).logits[:, :-1].float()                             # (B, T-1, V)
-            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, T-1)
+            logits, mask, labels = _scored_logits(model, inputs, mask, labels)           # (B, K, V)
+            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, K)
             hit = (logits.argmax(-1) == labels) | ~mask                                  # non-answer: ignored
             counts = mask.sum(1)
             nll += ((loss * mask).sum(1) / counts.clamp(min=1)).tolist()

@@ -102,7 +102,8 @@ class TrainConfig:
                                         "evaluations in a row (a plateau); 0 = train to max_steps. Needs "
                                         "eval_steps > 0 and validation examples.", low=0)
     early_stopping_threshold: float = knob(0.0, "an evaluation improves only if it lowers the best "
-                                           "validation loss so far by more than this.", low=0)
+                                           "validation loss so far by more than this; the best stays "
+                                           "where the run last improved so (Keras' min_delta).", low=0)
     seed: int = knob(0, "seeds the data order, the adapters' initialisation and dropout: same seed, same "
                      "run (exactly so on a CPU).")
     max_length: int = knob(256, "tokens per example, prompt and answer; longer ones are truncated. Set it "
@@ -473,6 +474,19 @@ class Checkpoints:
 
 
 # ---------------------------------------------------------------------------- setting up a run
+def best_evaluation(losses: list[float], threshold: float = 0.0) -> int:
+    """The index of the best validation loss, where an evaluation counts as better only if it
+    beats the best so far by more than `threshold` (Keras' EarlyStopping min_delta rule): a later
+    loss within the threshold of the best is noise, not progress, so the best stays where the
+    run last improved, and a run that creeps down by less than the threshold per evaluation
+    still moves it once the creep adds up. A loss that is not finite never counts as better."""
+    best = 0
+    for i, loss in enumerate(losses):
+        if math.isfinite(loss) and (not math.isfinite(losses[best]) or loss < losses[best] - threshold):
+            best = i
+    return best
+
+
 @dataclass
 class Run:
     """Everything the loop needs, made ready by `start_run`; `record` and `evaluate` are the
@@ -513,14 +527,13 @@ class Run:
             self.inner.train()
 
     def plateaued(self) -> bool:
-        """Early stopping: none of the last `early_stopping_patience` validation losses beat the
-        best one before them by more than `early_stopping_threshold` (read from the history, so
-        a resumed run counts on)."""
+        """Early stopping: `early_stopping_patience` evaluations in a row since the best one
+        (`best_evaluation`: read from the history, so a resumed run counts on)."""
         patience = self.config.early_stopping_patience
-        losses = [e["val_loss"] if math.isfinite(e["val_loss"]) else math.inf for e in self.history.evals]
-        if not patience or len(losses) <= patience:
+        losses = [e["val_loss"] for e in self.history.evals]
+        if not patience or not losses:
             return False
-        return min(losses[-patience:]) >= min(losses[:-patience]) - self.config.early_stopping_threshold
+        return len(losses) - 1 - best_evaluation(losses, self.config.early_stopping_threshold) >= patience
 
     def record(self, step: int, loss: float, lr: float, tokens: int, slots: int, t0: float,
                crc=None) -> dict:

@@ -136,6 +136,35 @@ def test_validation_loss_is_the_token_weighted_answer_loss(tiny):
         ke.validation_loss(model, data, tok.pad_token_id)
 
 
+def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny):
+    """validation_loss, answer_scores and the log-probabilities behind the forgetting KL ask the
+    model for logits where some row has an answer token only; the scores equal those computed
+    from the logits at every position."""
+    import torch.nn.functional as F
+    model, tok = tiny
+    data = kd.tokenize(kd.make_task("dates", n_train=0, n_val=0, n_test=6, seed=1)["test"], tok)
+    pad = kd.pad_token_id(tok)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        scores = ke.answer_scores(model, data, pad, batch_size=3)
+        lp = ke.reference_log_probs(model, data, pad, batch_size=3)
+    finally:
+        hook.remove()
+    nll, exact, full_lp = [], [], []
+    with torch.no_grad():
+        for inputs, mask, labels in ke._answer_batches(data, pad, 3, torch.device("cpu")):
+            width = inputs["input_ids"].shape[1]
+            logits = model(**inputs).logits[:, :-1].float()                        # every position
+            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+            nll += ((loss * mask).sum(1) / mask.sum(1)).tolist()
+            exact += ((logits.argmax(-1) == labels) | ~mask).all(1).tolist()
+            full_lp.append(F.log_softmax(logits, -1)[mask])
+    assert all(k < width - 1 for k in seen)                       # fewer positions than the sequence's
+    assert scores["nll"] == pytest.approx(nll, rel=1e-5) and scores["exact"] == exact
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(lp, full_lp))
+
+
 # ----------------------------------------------------------------------------- retention
 def test_retention_is_case_insensitive_substring(monkeypatch):
     monkeypatch.setattr(ke, "generate", lambda m, t, prompts, **kw:

@@ -43,7 +43,8 @@ def test_the_quick_run_states_its_interval(recorded):
     assert high - low > 0.2                           # 8 test items pin down little: hence the study
     assert res["study_reference"] == "lessons/reference/study/study.json"
     if (REPO_ROOT / res["study_reference"]).exists():   # the study's paired verdict, full vs LoRA
-        assert res["study_full_vs_lora"]["verdict"] in ("different", "within noise")
+        verdict = res["study_full_vs_lora"]["verdict"]
+        assert verdict == "different" or verdict.startswith("could not detect (smallest detectable: ")
 
 
 @pytest.mark.notebook

@@ -13,7 +13,7 @@ from kit import study, study_plots, study_report
 from kit.data import tokenize
 from kit.evaluate import divergence, reference_answers
 from kit.models import load_model
-from kit.train import prepare_model
+from kit.train import best_evaluation, prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,12 @@ def test_smoke_study_records_what_notebook_06_reads(smoke, tmp_path):
         assert r["measured"]["answer_nll"] and len(r["history"]) >= 2
         assert all(e["kl"] >= 0 for e in r["history"])
         assert r["history"][0]["step"] == 0
+        # the measured step is the best evaluation as early stopping reads it: a plateau run's is
+        # `patience` evaluations before its last
+        best = best_evaluation([e["val_loss"] for e in r["history"]], study.QUICK.threshold)
+        assert r["best_step"] == r["history"][best]["step"]
+        if r["stop"] == "plateau":
+            assert len(r["history"]) - 1 - best == study.QUICK.patience
         if r["method"] == "qlora":
             assert all("kl_own" in e for e in r["history"])
     loftq = [json.loads(f.read_text()) for f in (out / "runs").glob("qlora-loftq_*.json")]

@@ -239,6 +239,18 @@ def test_plateau_is_read_from_the_evaluations_so_far():
     assert not run([1.0, 0.8, 0.85, 0.7])            # improved again within the patience
     assert run([1.0, float("nan"), 1.2, 1.3])        # a diverged evaluation never counts as better
     assert not Run.plateaued(SimpleNamespace(config=TrainConfig(), history=SimpleNamespace(evals=[])))
+    assert run([1.0, 0.8, 0.795, 0.792, 0.791])      # a creep, always within 0.01 of 0.8: a plateau
+    assert not run([1.0, 0.8, 0.795, 0.789])         # ... until it adds up to more than 0.01
+
+
+def test_the_best_evaluation_is_where_the_run_last_improved_by_more_than_the_threshold():
+    from kit.train import best_evaluation
+    creep = [0.9, 0.09, 0.0105, 0.0084, 0.0067, 0.0016, 0.0017, 0.0003]   # a run of the study (steps 0..56)
+    assert best_evaluation(creep) == 7                                  # no threshold: the lowest
+    assert best_evaluation(creep, 0.002) == 5                           # 0.0003 is within 0.002 of 0.0016
+    assert best_evaluation(creep, 0.011) == 2                           # never again 0.011 below 0.0105
+    assert best_evaluation([float("nan"), 1.0, float("inf"), 0.5]) == 3
+    assert best_evaluation([1.0, float("nan")]) == 0
 
 
 def test_a_run_that_stops_learning_stops_on_the_plateau(tiny_shared):
