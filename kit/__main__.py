@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
         return lessons_main(["--run", args.run] if args.run else [])
     if args.command == "study":
         from kit import study, study_plots, study_report
-        out = args.out or ("runs/study-quick" if args.quick else "runs/study")
+        from kit.files import RUNS
+        out = args.out or RUNS / ("study-quick" if args.quick else "study")
         summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
         study_plots.save_all(summary, f"{out}/figures")
         print(study_report.report(summary))

@@ -28,6 +28,12 @@ class Method:
     gpu_estimate: dict          # kit.memory.estimate settings for this method on a GPU
     cpu_estimate: dict          # ... and on a CPU, where everything computes in fp32
     label: str                  # for tables and plots
+    quantization: str | None = None   # the base's bitsandbytes storage when loaded for it ("nf4")
+
+    @property
+    def adapters(self) -> bool:
+        """Trains LoRA adapters on a frozen base (lora, qlora), not the weights themselves."""
+        return self.name != "full"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -37,7 +43,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("lora", "the LoRA adapters A and B (fp32)", "frozen, in the compute dtype", 3e-3, (16, 32),
            {"method": "lora", "bits": 16}, {"method": "lora", "bits": 32}, "LoRA (16-bit base)"),
     Method("qlora", "the same LoRA adapters (fp32)", "frozen, 4-bit NF4 + double quantization", 3e-3,
-           (4, 8), {"method": "qlora", "bits": 4}, {"method": "qlora", "bits": 4}, "QLoRA (4-bit base)"),
+           (4, 8), {"method": "qlora", "bits": 4}, {"method": "qlora", "bits": 4}, "QLoRA (4-bit base)",
+           quantization="nf4"),
 ]}
 # Default learning rates, chosen by the study (python -m kit study; lessons/reference/study/):
 # SmolLM2-135M on the extract task, 20 steps of 8, LoRA r=8 alpha=16 on all linear layers, the
@@ -54,6 +61,11 @@ def check_method(method) -> str:
         raise ValueError(f"method must be one of {list(METHOD_NAMES)}; got {method!r}. Use 'lora' for "
                          "adapters, 'qlora' for adapters on a 4-bit base, 'full' for all weights.")
     return method
+
+
+def quantization(method: str) -> str | None:
+    """How `load_model` stores the base for `method`: "nf4" for qlora, None (as it is) otherwise."""
+    return METHODS[check_method(method)].quantization
 
 
 # ---------------------------------------------------------------------------- optimizers

@@ -36,15 +36,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kit.files import DamagedFileError, damaged, read_json, read_tensors
+from kit.files import DamagedFileError, damaged, read_json, read_tensors, write_json
 
 PREFIX = "checkpoint-"
 DAMAGED = "damaged-"  # a damaged checkpoint is renamed damaged-checkpoint-000040
-# The one list of settings that may change between an interrupted run and its resumption
-# without changing what the finished steps mean (max_steps: train for longer; the rest:
-# reporting, where checkpoints go and how many are kept). Every other setting must match.
-MAY_CHANGE = {"max_steps", "stop_after", "eval_steps", "save_steps", "save_total_limit", "disable_tqdm",
-              "resume", "eval_examples", "output_dir", "device"}
+# Every setting of a resumed run must match its checkpoint's, but for those the caller names
+# `may_change`: the settings that do not change what the finished steps mean (its knob table
+# marks them: kit.train.RESUMABLE, kit.recipe.MAY_CHANGE).
 # What state.json must hold ("a.b": key b inside a) and of which type.
 STATE_FIELDS = {"step": int, "history": dict, "history.steps": list, "history.evals": list,
                 "settings": dict, "optimizer": dict, "optimizer.scalars": dict,
@@ -108,7 +106,7 @@ def save(folder, step: int, model: nn.Module, optimizer, scaler, history: dict, 
     save_file(rng, str(tmp / "rng.safetensors"))
     state = {"step": step, "history": history, "settings": settings, "optimizer": opt_rest,
              "scaler": scaler.state_dict()}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    write_json(tmp / "state.json", state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -124,12 +122,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_settings(saved: dict, now: dict, where) -> list[str]:
-    """Raise if the run's settings differ from the checkpoint's in a way that matters;
-    return the names of the harmless differences (MAY_CHANGE)."""
+def check_settings(saved: dict, now: dict, where, may_change=frozenset()) -> list[str]:
+    """Raise if the run's settings differ from the checkpoint's in a setting not in
+    `may_change`; return the names of the harmless differences."""
     saved, now = _flat(saved), _flat(json.loads(json.dumps(now)))  # tuples -> lists, as saved
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    serious = [k for k in differ if k not in MAY_CHANGE]
+    serious = [k for k in differ if k not in may_change]
     if serious:
         detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in serious)
         raise ValueError(f"The checkpoint in {str(where)!r} was made with other settings ({detail}). "
@@ -162,13 +160,13 @@ def read(path) -> Saved:
     return Saved(path, state, trainable, optimizer, rng)
 
 
-def restore(saved: Saved, model: nn.Module, optimizer, scaler, settings: dict) -> dict:
+def restore(saved: Saved, model: nn.Module, optimizer, scaler, settings: dict, may_change=frozenset()) -> dict:
     """Put a checkpoint read by `read` into model, optimizer and scaler; returns its
     state.json (step, history, ...) with "changed": the harmless setting changes.
     Raises ValueError, changing nothing, if it was made with other settings or for
     another model."""
     path, state = saved.path, saved.state
-    changed = check_settings(state["settings"], settings, path)
+    changed = check_settings(state["settings"], settings, path, may_change)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     tensors = saved.trainable
     misfit = sorted(k for k in set(tensors) & set(params) if tensors[k].shape != params[k].shape)
@@ -192,12 +190,12 @@ def restore(saved: Saved, model: nn.Module, optimizer, scaler, settings: dict) -
     return state | {"changed": changed}
 
 
-def load(path, model: nn.Module, optimizer, scaler, settings: dict) -> dict:
+def load(path, model: nn.Module, optimizer, scaler, settings: dict, may_change=frozenset()) -> dict:
     """Restore the checkpoint in `path` into model, optimizer and scaler (read, then
     restore); returns its state.json (step, history, ...) with "changed": the harmless
     setting changes. DamagedFileError for a damaged checkpoint, ValueError for one made
     with other settings or for another model; either way the model is left as it was."""
-    return restore(read(path), model, optimizer, scaler, settings)
+    return restore(read(path), model, optimizer, scaler, settings, may_change)
 
 
 def _set_aside(path: Path) -> Path:
@@ -214,7 +212,7 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def resume(folder, model: nn.Module, optimizer, scaler, settings: dict) -> dict | None:
+def resume(folder, model: nn.Module, optimizer, scaler, settings: dict, may_change=frozenset()) -> dict | None:
     """Restore the newest intact checkpoint in `folder` (see `load`); returns its state
     with "path", or None when there is no checkpoint.
 
@@ -231,7 +229,7 @@ def resume(folder, model: nn.Module, optimizer, scaler, settings: dict) -> dict 
         except DamagedFileError as e:
             damaged.append((path, e))
             continue
-        state = restore(saved, model, optimizer, scaler, settings) | {"path": str(path)}
+        state = restore(saved, model, optimizer, scaler, settings, may_change) | {"path": str(path)}
         for bad, error in damaged:
             moved = _set_aside(bad)
             warnings.warn(f"Checkpoint {str(bad)!r} is damaged ({Path(error.path).name}: {error.reason}); "

@@ -2,15 +2,23 @@
 file raises `DamagedFileError`, whose message names the file, what is wrong with it, and what
 to do. Adapters, checkpoints and saved models are all read through here (kit.adapters,
 kit.checkpoint, kit.models); loading runs no code (safetensors and JSON only, no pickle).
+Every JSON file the kit writes goes through `write_json` (atomic).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+
+# Where the kit is, and where everything it runs writes by default: runs/ of the clone; where the
+# kit is installed as a package (no pyproject.toml beside it, as after pip install in Colab), runs/
+# of the working directory.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNS = REPO_ROOT / "runs" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "runs"
 
 # What to do about a damaged file, by what it holds (the `what` of read_tensors).
 FIXES = {
@@ -87,6 +95,17 @@ def read_tensors(path, what: str = "file") -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise damaged(path, _diagnose(path) or str(e), what) from e
+
+
+def write_json(path, payload, indent: int = 1, default=None) -> Path:
+    """Write `payload` as JSON to `path` whole or not at all: into a temporary file beside it,
+    then renamed over it (a crash mid-write leaves the old file, never half a new one). The one
+    JSON writer of the kit: results, run files, summaries, histories."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, default=default))
+    os.replace(tmp, path)
+    return path
 
 
 def _field(d: dict, dotted: str):

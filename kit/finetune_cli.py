@@ -15,10 +15,8 @@ each process trains on its own shard of the batches and the gradients are averag
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import statistics
 import sys
 import time
 import warnings
@@ -32,7 +30,8 @@ from kit import checkpoint, recipe as recipes
 from kit.adapters import save_adapter, save_full
 from kit.data import make_task
 from kit.errors import command
-from kit.files import read_json
+from kit.files import read_json, write_json
+from kit.lora import trainable_parameters
 from kit.formats import SkippedRowsWarning, load_hub, load_local
 from kit.device import profile
 from kit.evaluate import exact_match
@@ -86,7 +85,7 @@ def _knobs(recipe: dict) -> dict:
 
 
 def _check_same_recipe(folder: Path, recipe: dict) -> None:
-    """A resumed run must be the same recipe (but for the knobs in kit.checkpoint.MAY_CHANGE),
+    """A resumed run must be the same recipe (but for the knobs in kit.recipe.MAY_CHANGE),
     checked before the model loads; finetune() checks its own settings the same way."""
     saved_file = folder / "recipe.yaml"
     if not saved_file.exists() or not checkpoint.checkpoints(folder / "checkpoints"):
@@ -99,7 +98,7 @@ def _check_same_recipe(folder: Path, recipe: dict) -> None:
                                   "--output_dir.") from None
     saved = {k: recipes.coerce(k, raw.get(k, spec.default)) for k, spec in recipes.KNOBS.items()}
     try:
-        checkpoint.check_settings(saved, _knobs(recipe), folder)
+        checkpoint.check_settings(saved, _knobs(recipe), folder, recipes.MAY_CHANGE)
     except ValueError as e:
         raise recipes.RecipeError(f"{e} (--output_dir <new folder>, or --resume false)") from None
 
@@ -171,7 +170,7 @@ def run(recipe: dict) -> dict:
     if n_eval and main and not base_file.exists():
         say(f"scoring the base model on {n_eval} test examples ...")
         base = exact_match(model, tokenizer, data["test"], n=n_eval)
-        base_file.write_text(json.dumps({k: base[k] for k in ("accuracy", "correct", "total")}))
+        write_json(base_file, {k: base[k] for k in ("accuracy", "correct", "total")})
 
     say(f"training: {recipe['method']}, {recipe['max_steps']} steps of {recipe['per_device_train_batch_size']}"
         f" x {recipe['gradient_accumulation_steps']}" + (f" x {world} processes" if world > 1 else "") +
@@ -192,16 +191,16 @@ def run(recipe: dict) -> dict:
 
     if world > 1:  # each process: which batches it trained on, and the weights it ended with
         (folder / "processes").mkdir(exist_ok=True)
-        (folder / "processes" / f"rank-{rank}.json").write_text(json.dumps({
+        write_json(folder / "processes" / f"rank-{rank}.json", {
             "rank": rank, "processes": world,
             "batch_crc": [s["batch_crc"] for s in history.steps],
-            "weights_crc": _weights_crc(model)}, indent=1))
+            "weights_crc": _weights_crc(model)})
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if not main:
         return {}
 
-    (folder / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    write_json(folder / "history.json", history.as_dict())
     steps_done = len(history.steps)
     summary = {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
                "quantization": recipe["quantization"], "processes": world, "skipped_rows": skipped,
@@ -210,15 +209,14 @@ def run(recipe: dict) -> dict:
                "first_loss": history.steps[0]["loss"] if history.steps else None,
                "last_loss": history.steps[-1]["loss"] if history.steps else None,
                "val_loss": history.evals[-1]["val_loss"] if history.evals else None,
-               "median_step_s": (statistics.median(s["step_time"] for s in history.steps)
-                                 if history.steps else None),
+               "median_step_s": history.median_step_s(),
                "wall_s_this_run": wall, "checkpoint": result.checkpoint,
-               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "trainable_parameters": trainable_parameters(model),
                "parameters": parameter_count(model)}
     if not result.finished:
         say(f"stopped after step {steps_done} of {recipe['max_steps']} (stop_after); checkpoint "
             f"{result.checkpoint}. Run the same command to continue.")
-        (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(folder / "summary.json", summary)
         return summary
 
     if recipe["method"] == "full":
@@ -231,7 +229,7 @@ def run(recipe: dict) -> dict:
         before = read_json(base_file, "base model's score", {"accuracy": (int, float)})
         summary["accuracy_before"] = before["accuracy"]
         summary["accuracy_after"] = after["accuracy"]
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(folder / "summary.json", summary)
     (folder / "summary.md").write_text(summary_markdown(summary))
     say(summary_markdown(summary))
     return summary

@@ -21,18 +21,18 @@ KIT_COMPUTE_CAPABILITY=7.5 makes the kit follow a T4's policy (fp16 with a scale
 """
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from kit import memory as M, recipe as recipes
-from kit.arch import METHOD_NAMES
+from kit.arch import METHOD_NAMES, quantization
 from kit.data import batches, make_task, pad_token_id, tokenize
 from kit.device import bnb_error, library_versions, profile
 from kit.errors import UserError, reported
+from kit.files import RUNS, write_json
+from kit.lora import trainable_parameters
 from kit.models import ensure_random, load_model, resolve
 from kit.train import TrainConfig, finetune, prepare_model
 
@@ -47,7 +47,7 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
     gradient_checkpointing = config.gradient_checkpointing
     prof = profile()
     cuda = prof.device == "cuda"
-    quant = "nf4" if method == "qlora" else None
+    quant = quantization(method)
     t0 = time.perf_counter()
     model, tokenizer = load_model(name, quantization=quant)
     load_s = time.perf_counter() - t0
@@ -60,7 +60,7 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
     batch = next(batches(train, batch_size, pad_token_id(tokenizer), seed=123))
     params = [p for p in model.parameters() if p.requires_grad]
     ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
-    bits = 4 if method == "qlora" else (16 if prof.compute_dtype != torch.float32 else 32)
+    bits = 4 if quant else (16 if prof.compute_dtype != torch.float32 else 32)
     common = dict(r=config.lora_r, targets=config.lora_target_modules,
                   gradient_checkpointing=gradient_checkpointing,
                   compute_dtype=prof.compute_dtype, lora_dropout=config.lora_dropout, padded=True,
@@ -86,10 +86,10 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
                                   if p.requires_grad}),
         "r": config.lora_r, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
         "parameters": sum(p.numel() for p in result.model.parameters()),
-        "trainable": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+        "trainable": trainable_parameters(result.model),
         "load_s": load_s,
         "steps": len(hist), "wall_s": wall,
-        "median_step_s": statistics.median(s["step_time"] for s in later),
+        "median_step_s": result.history.median_step_s(skip=1),
         "tokens_per_s": sum(s["tokens"] for s in later) / sum(s["step_time"] for s in later),
         "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
         # the ledger counts tensors that exist at once; the estimate's workspace (transient
@@ -190,11 +190,11 @@ def main(steps: int = 5, model: str = "smollm2-135m", allow_cpu: bool = False,
         rows.append(check_method(model, method, steps, **settings))
     text = table(rows)
     print("\n" + text + (f"\n{note.strip()}\n" if note else ""))
-    folder = Path(out or "runs/gpu-check")
+    folder = Path(out or RUNS / "gpu-check")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gpu_check.md").write_text(f"{prof.summary()}\n\n{text}" + (f"\n{note.strip()}\n" if note else ""))
-    (folder / "gpu_check.json").write_text(json.dumps(
-        {"device": prof.as_dict(), "versions": library_versions(), "recipe": recipe,
-         "random_weights": random_weights, "note": note.strip(), "rows": rows}, indent=1, default=str))
+    write_json(folder / "gpu_check.json",
+               {"device": prof.as_dict(), "versions": library_versions(), "recipe": recipe,
+                "random_weights": random_weights, "note": note.strip(), "rows": rows}, default=str)
     print(f"written to {folder}/gpu_check.md and gpu_check.json")
     return 0

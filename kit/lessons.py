@@ -26,7 +26,7 @@ import jinja2
 
 from kit.errors import UserError, command
 from kit.files import read_json
-from kit.notebook import REPO_ROOT
+from kit.files import REPO_ROOT, RUNS
 
 LESSONS = REPO_ROOT / "lessons"
 TEMPLATES = LESSONS / "templates"
@@ -155,7 +155,7 @@ def render_run(run) -> list[Path]:
     """A learner's copy of every lesson, with the numbers of the run folder `run` (and of their
     own study, if they ran one into <run>/study or runs/study), into <run>/lessons/."""
     run = Path(run)
-    for study in (run / "study", REPO_ROOT / "runs" / "study", REFERENCE / "study"):
+    for study in (run / "study", RUNS / "study", REFERENCE / "study"):
         if (study / "study.json").exists():
             break
     return render_all(run / "results", study, run / "lessons", figures="../figures",

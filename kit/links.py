@@ -10,7 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from kit.notebook import REPO_ROOT
+from kit.files import REPO_ROOT
 
 COLAB_LINE = re.compile(r'^REPO_URL = ".*?"', re.M)
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/main/")

@@ -45,8 +45,9 @@ import torch
 
 from kit.arch import (LINEAR_NAMES, METHOD_NAMES, METHODS, OPTIMIZERS, Arch, by_size,
                       check_method, check_target_names, gpu_bytes, linear_shapes, param_count,
-                      param_groups, resolve_arch)
+                      param_groups, quantization, resolve_arch)
 from kit.device import profile
+from kit.lora import check_hparams, trainable_parameters
 from kit.models import parameter_count
 
 MB, GB = 1e6, 1e9
@@ -215,7 +216,7 @@ def measure_step(model, batch: dict, optimizer, autocast="auto") -> Ledger:
     model.train(was_training)
     return Ledger(**weight_bytes(model),
                   trainable_params=sum(p.numel() * p.element_size() for p in trainable),
-                  trainable_count=sum(p.numel() for p in trainable), total_params=parameter_count(model),
+                  trainable_count=trainable_parameters(model), total_params=parameter_count(model),
                   gradients=gradients, optimizer=optimizer_bytes, activations=activations,
                   logits=logits_bytes, cuda_peak=peak)
 
@@ -316,7 +317,7 @@ def activation_rows(arch, method: str = "lora", batch_size: int = 1, seq_len: in
     B, T, H, L, N = batch_size, seq_len, a.hidden_size, a.num_hidden_layers, batch_size * seq_len
     full = method == "full"
     amp = full and precision == "amp"
-    q32 = method == "qlora" and act_bytes < 4
+    q32 = quantization(method) is not None and act_bytes < 4
     res = 4 if amp or q32 else act_bytes
     tg = LINEAR_NAMES if full else _targets(targets)
     args = (a, B, T, act_bytes, full, amp, tg, r, lora_dropout > 0, padded)
@@ -383,15 +384,14 @@ def estimate(arch, method: str = "lora", bits: int | None = None, r: int = 8,
     if method != "full":
         _check("bits", bits, (None, *METHODS[method].bits),
                f"For method={method!r}; a quantized base is method='qlora'.")
-    if not 0 <= lora_dropout < 1:
-        raise ValueError(f"lora_dropout must be in [0, 1); got {lora_dropout!r}.")
+    check_hparams(r, 1.0, lora_dropout)             # LoRA's rules (alpha changes no memory)
     if compute_dtype is not None:
         act_bytes = torch.empty(0, dtype=compute_dtype).element_size()
     _check("act_bytes", act_bytes, (2, 4), "2 for bf16/fp16 on a GPU, 4 for fp32 on a CPU.")
-    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("r", r)):
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {v!r}.")
-    bits = bits or {"full": None, "lora": 16, "qlora": 4}[method]
+    bits = bits or METHODS[method].gpu_estimate.get("bits")       # lora 16, qlora 4; full: its precision
     groups, L, shapes = param_groups(a), a.num_hidden_layers, linear_shapes(a)
     P = groups["linear"] + groups["other"]
     tensors_per_layer = sum(c for _, _, c in shapes.values()) + 2 + (a.num_experts > 1) + 4 * a.attention_bias

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from kit.device import hardware  # noqa: F401  (nb.hardware() in every notebook)
+from kit.files import REPO_ROOT, RUNS, write_json  # noqa: F401  (REPO_ROOT: the notebooks' paths)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_dir(value: str = "") -> Path:
     """The folder a notebook writes into (created if needed)."""
-    folder = Path(value) if value else REPO_ROOT / "runs" / "interactive"
+    folder = Path(value) if value else RUNS / "interactive"
     (folder / "results").mkdir(parents=True, exist_ok=True)
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     return folder
@@ -47,9 +47,7 @@ def record(name: str, results: dict, folder: Path | str) -> Path:
     payload = {"notebook": name, "hardware": hardware(),
                "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"), **_clean(results)}
     path = folder / "results" / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_json(path, payload, indent=2)
     print(f"results recorded in {path}")
     return path
 

@@ -4,7 +4,6 @@ kit.notebook.save_figure. Nothing in the engine imports this module.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from kit.arch import METHOD_NAMES, MODELS, resolve_arch
+from kit.arch import METHOD_NAMES, MODELS, quantization, resolve_arch
 from kit.data import TASKS
 from kit.device import bnb_error, profile
 from kit.errors import UserError
+from kit.files import RUNS
 from kit.lora import check_hparams
 from kit.memory import estimate
 from kit.models import resolve
@@ -55,7 +56,7 @@ class RunKnobs:
                               "bits per weight at no measurable cost. Leave it on.")
     device: str = knob("auto", "auto uses a CUDA GPU when there is one; cuda refuses to start without "
                        "one (GPU recipes set it, so a 7B run does not crawl on a CPU); cpu forces the "
-                       "CPU.", ("auto", "cpu", "cuda"))
+                       "CPU.", ("auto", "cpu", "cuda"), may_change=True)
     # ---- data
     task: str = knob("dates", "a task the kit generates: dates (normalise dates to ISO 8601, learned "
                      "in minutes) or extract (fields of a sentence as JSON, harder). Ignored when "
@@ -80,16 +81,18 @@ class RunKnobs:
                                "(skipped_rows in summary.json). Fix the rows if you can.")
     # ---- run folder and evaluation
     output_dir: str | None = knob(None, "where the adapter or model, checkpoints, history and summary "
-                                  "go; null = runs/finetune/<recipe name>.")
+                                  "go; null = runs/finetune/<recipe name>.", may_change=True)
     resume: bool = knob(True, "carry on from the newest checkpoint in output_dir (the same command "
-                        "again resumes); false deletes them and starts over.")
+                        "again resumes); false deletes them and starts over.", may_change=True)
     eval_examples: int = knob(50, "test examples scored (exact match) before and after training; 0 = "
-                              "skip. Generation is the slow part of evaluation.", low=0)
+                              "skip. Generation is the slow part of evaluation.", low=0, may_change=True)
 
 
 # Every knob: its field (default, type, help, choices, lower bound). Training knobs are TrainConfig's.
 KNOBS: dict[str, dataclasses.Field] = {f.name: f for dc in (RunKnobs, TrainConfig)
                                        for f in dataclasses.fields(dc)}
+# the knobs a resumed run may set otherwise than its checkpoint (kit.checkpoint checks the rest)
+MAY_CHANGE = frozenset(name for name, spec in KNOBS.items() if spec.metadata["may_change"])
 SECTIONS = {  # how a recipe file is laid out
     "What to train": ["model", "method", "quantization", "double_quant", "device"],
     "Data": ["task", "data_file", "hub_dataset", "prompt_column", "response_column", "n_train",
@@ -265,11 +268,11 @@ def check(recipe: dict) -> dict:
     resolved recipe (quantization decided)."""
     r = dict(recipe)
     if r["quantization"] == "auto":
-        r["quantization"] = "nf4" if r["method"] == "qlora" else "none"
-    if r["method"] == "qlora" and r["quantization"] not in ("nf4", "fp4"):
+        r["quantization"] = quantization(r["method"]) or "none"
+    if quantization(r["method"]) and r["quantization"] not in ("nf4", "fp4"):
         raise RecipeError(f"method: qlora trains adapters on a 4-bit base; quantization must be nf4 "
                           f"or fp4 (or auto), got {r['quantization']!r}. Or use method: lora.")
-    if r["method"] != "qlora" and r["quantization"] != "none":
+    if not quantization(r["method"]) and r["quantization"] != "none":
         raise RecipeError(f"quantization: {r['quantization']} is for method: qlora (adapters on a "
                           f"4-bit base); with method: {r['method']} set quantization: none.")
     gpu = torch.cuda.is_available()
@@ -303,7 +306,7 @@ def check(recipe: dict) -> dict:
 
 
 def output_dir(recipe: dict) -> Path:
-    return Path(recipe["output_dir"] or f"runs/finetune/{recipe['_name']}")
+    return Path(recipe["output_dir"] or RUNS / "finetune" / recipe["_name"])
 
 
 def estimate_for(recipe: dict):
@@ -314,7 +317,7 @@ def estimate_for(recipe: dict):
         arch = resolve_arch(r["model"])
     except ValueError:
         return None
-    return estimate(arch, r["method"], bits=4 if r["method"] == "qlora" else None, r=r["lora_r"],
+    return estimate(arch, r["method"], bits=4 if quantization(r["method"]) else None, r=r["lora_r"],
                     targets=r["lora_target_modules"], batch_size=r["per_device_train_batch_size"],
                     seq_len=r["max_length"], gradient_checkpointing=r["gradient_checkpointing"],
                     optimizer=r["optim"], lora_dropout=r["lora_dropout"])

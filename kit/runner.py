@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.lessons import render_run
-from kit.notebook import REPO_ROOT, load_results
+from kit.files import write_json
+from kit.files import REPO_ROOT, RUNS
+from kit.notebook import load_results
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-RUNS = REPO_ROOT / "runs"
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _merge_outcomes(folder: Path, outcomes: list[Outcome]) -> list[Outcome]:
     earlier = json.loads(store.read_text()) if store.exists() else []
     merged = {o["name"]: Outcome(**o) for o in earlier} | {o.name: o for o in outcomes}
     ordered = [merged[k] for k in sorted(merged)]
-    store.write_text(json.dumps([o.__dict__ for o in ordered], indent=1))
+    write_json(store, [o.__dict__ for o in ordered])
     return ordered
 
 

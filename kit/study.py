@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,10 +40,12 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from kit.arch import METHOD_NAMES
+from kit.arch import METHOD_NAMES, quantization
 from kit.data import GENERAL_PROMPTS, RETENTION_PROBE, make_task, pad_token_id, tokenize
 from kit.device import hardware, library_versions, profile
 from kit.evaluate import answer_scores, divergences, reference_answers, reference_log_probs, retention, validation_loss
+from kit.files import RUNS, read_json, write_json
+from kit.lora import trainable_parameters
 from kit.models import load_model
 from kit.train import TrainConfig, best_evaluation, finetune, prepare_model
 
@@ -130,7 +131,7 @@ def _load_trainable(model, state: dict) -> None:
 def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "plain") -> dict:
     """Train one run to its plateau (or the cap), measuring forgetting at every evaluation, then
     measure it at its best-validation step. -> the run's record (written to <out>/runs/)."""
-    model, _ = load_model(ctx.cfg.model, quantization="nf4" if method == "qlora" else None)
+    model, _ = load_model(ctx.cfg.model, quantization=quantization(method))
     cfg = _config(ctx.cfg, lr, seed)
     loftq = None
     if init == "loftq":
@@ -159,8 +160,8 @@ def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "pl
         _load_trainable(result.model, best["state"])
     t1 = time.perf_counter()
     record = {"method": method, "init": init, "lr": lr, "seed": seed, "seconds": seconds,
-              "median_step_s": statistics.median(s["step_time"] for s in hist.steps),
-              "trainable": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
+              "median_step_s": hist.median_step_s(),
+              "trainable": trainable_parameters(result.model),
               "train_loss": hist.losses, "history": trajectory, "stop": hist.stop,
               "steps": len(hist.steps), "best_step": best["step"],
               "best_val": best["val"] if math.isfinite(best["val"]) else None,
@@ -199,7 +200,7 @@ class Context:
 
     def references(self, method: str) -> dict:
         refs = {"fp32": self.base_lp}
-        if method == "qlora":
+        if quantization(method):
             if self.nf4_lp is None:
                 nf4, _ = load_model(self.cfg.model, quantization="nf4")
                 self.nf4_lp = reference_log_probs(nf4, self.general, self.pad_id)
@@ -208,13 +209,7 @@ class Context:
 
 
 def _read(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write(path: Path, payload) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)                     # a run file is whole or absent
+    return read_json(path, "study") if path.exists() else None
 
 
 def _base_record(ctx: Context) -> dict:
@@ -238,7 +233,7 @@ def plan(cfg: StudyConfig) -> int:
     return len(cfg.methods) * per_method + (cfg.loftq_seeds if "qlora" in cfg.methods else 0)
 
 
-def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
+def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
     """Run (or resume) the study into `out`; returns the summary (also <out>/study.json)."""
     from kit import study_report
 
@@ -249,7 +244,7 @@ def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
     settings = _read(out / "settings.json")
     if settings is not None and settings != _jsonable(cfg):
         raise ValueError(f"{out} holds a study with other settings; use another --out, or delete it.")
-    _write(out / "settings.json", _jsonable(cfg))
+    write_json(out / "settings.json", _jsonable(cfg))
     _clock(out, started, new_call=True)
 
     base, tokenizer = load_model(cfg.model)
@@ -259,7 +254,7 @@ def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
     if not general_file.exists():
         answers = reference_answers(base, tokenizer, GENERAL_PROMPTS[:cfg.n_general],
                                     max_new_tokens=cfg.general_tokens)
-        _write(general_file, answers.to_dict())
+        write_json(general_file, answers.to_dict())
     general = tokenize(Dataset.from_dict(_read(general_file)), tokenizer)
     ctx = Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
                   RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
@@ -267,7 +262,7 @@ def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
     base_rec = _read(out / "base.json")
     if base_rec is None:
         base_rec = _base_record(ctx)
-        _write(out / "base.json", base_rec)
+        write_json(out / "base.json", base_rec)
 
     # the ETA is the runs still to train at the mean pace of those trained in this call
     # (smoothing=0; a finished run read from its file raises `initial` so it does not count)
@@ -287,7 +282,7 @@ def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
             sweep[new] = _run_or_read(ctx, method, new, 0, bar)
         chosen = choose(sweep)
         runs += list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
-        if method == "qlora":
+        if quantization(method):             # LoftQ starts the adapters from what loading lost
             runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
     bar.close()
     wall = _clock(out, started)
@@ -297,7 +292,7 @@ def run(cfg: StudyConfig | None = None, out="runs/study") -> dict:
                 "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": _commit(),
                 "train_seconds": sum(r["seconds"] + r.get("measure_seconds", 0) for r in runs),
                 "wall_s": wall["wall_s"], "calls": wall["calls"]}
-    _write(out / "study.json", summary)
+    write_json(out / "study.json", summary)
     return _read(out / "study.json")          # as JSON holds it (tuples become lists)
 
 
@@ -309,7 +304,7 @@ def _clock(out: Path, started: list, new_call: bool = False) -> dict:
     wall = _read(out / "wall.json") or {"wall_s": 0.0, "calls": 0}
     wall = {"wall_s": wall["wall_s"] + now - started[0], "calls": wall["calls"] + new_call}
     started[0] = now
-    _write(out / "wall.json", wall)
+    write_json(out / "wall.json", wall)
     return wall
 
 
@@ -320,7 +315,7 @@ def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar, init: str
     if record is None:
         bar.set_postfix_str(path.stem)
         record = train_one(ctx, method, lr, seed, init)
-        _write(path, record)
+        write_json(path, record)
         _clock(ctx.out, ctx.started)
     else:
         bar.initial += 1

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import math
 import resource
+import statistics
 import sys
 import time
 import zlib
@@ -43,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kit import bnb_check, checkpoint
-from kit.arch import DEFAULT_LR, OPTIMIZERS, check_method, target_modules
+from kit.arch import DEFAULT_LR, OPTIMIZERS, check_method, quantization, target_modules
 from kit.data import SAMPLING, batches, pad_token_id, tokenize
 from kit.device import DeviceProfile, bnb_error, profile as read_profile
 from kit.evaluate import validation_loss
@@ -53,10 +54,13 @@ from kit.memory import estimate
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 
 
-def knob(default, help: str, choices: tuple = (), low: float | None = None):
+def knob(default, help: str, choices: tuple = (), low: float | None = None, may_change: bool = False):
     """A setting with its meaning: `help` is what `python -m kit finetune --help` and the
-    comments of a recipe file say; `choices` and `low` are checked wherever it is set."""
-    return field(default=default, metadata={"help": help, "choices": choices, "low": low})
+    comments of a recipe file say; `choices` and `low` are checked wherever it is set;
+    `may_change`: a resumed run may set it otherwise than its checkpoint (it does not change
+    what the finished steps mean: train for longer, report, keep checkpoints)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low,
+                                            "may_change": may_change})
 
 
 # ---------------------------------------------------------------------------- settings
@@ -65,7 +69,7 @@ class TrainConfig:
     # ---- the loop
     max_steps: int = knob(60, "optimizer steps. Examples seen = max_steps x per_device_train_batch_size "
                           "x gradient_accumulation_steps x processes; one to three passes over the data "
-                          "is typical.", low=1)
+                          "is typical.", low=1, may_change=True)
     per_device_train_batch_size: int = knob(8, "examples per forward pass per process. Memory grows "
                                             "with it; halve it (and double gradient_accumulation_steps) "
                                             "when out of memory.", low=1)
@@ -97,7 +101,7 @@ class TrainConfig:
                                         "batch of similar lengths: less padding, faster steps on data "
                                         "of varying length) or sequential.", SAMPLING)
     eval_steps: int = knob(20, "validation loss every N steps (and at the start and end); 0 = never. "
-                           "Each costs a pass over the validation examples.", low=0)
+                           "Each costs a pass over the validation examples.", low=0, may_change=True)
     early_stopping_patience: int = knob(0, "stop when the validation loss has not improved for this many "
                                         "evaluations in a row (a plateau); 0 = train to max_steps. Needs "
                                         "eval_steps > 0 and validation examples.", low=0)
@@ -108,14 +112,14 @@ class TrainConfig:
                      "run (exactly so on a CPU).")
     max_length: int = knob(256, "tokens per example, prompt and answer; longer ones are truncated. Set it "
                            "just above your longest example: memory grows with it.", low=8)
-    disable_tqdm: bool = knob(False, "hide the progress bar.")
-    # ---- LoRA adapters (method lora or qlora)
+    disable_tqdm: bool = knob(False, "hide the progress bar.", may_change=True)
+    # ---- LoRA adapters (method lora or qlora); their rules: kit.lora.check_hparams, the one place
     lora_r: int = knob(8, "adapter rank r: trainable parameters grow linearly with it. 8-16 suits most "
-                       "tasks; raise it when the loss plateaus above full fine-tuning's.", low=1)
+                       "tasks; raise it when the loss plateaus above full fine-tuning's.")
     lora_alpha: float = knob(16, "the update is scaled by lora_alpha / lora_r; lora_alpha = 2 x lora_r "
-                             "is a common choice.", low=0)
+                             "is a common choice.")
     lora_dropout: float = knob(0.05, "dropout on the adapter's input: a little regularisation for small "
-                               "data; 0 (peft's default) turns it off.", low=0)
+                               "data; 0 (peft's default) turns it off.")
     lora_target_modules: str | list = knob("all-linear", "which layers get adapters: all-linear, or a "
                                            "list such as [q_proj, v_proj] (the original LoRA paper's). "
                                            "All linear layers usually learn more per parameter.")
@@ -129,11 +133,16 @@ class TrainConfig:
                             "steadier when you try large ranks.")
     # ---- checkpoints (with a checkpoint_dir)
     save_steps: int = knob(20, "checkpoint every N steps (and at the end and on Ctrl-C); 0 = only then. "
-                           "On Colab, where sessions end, keep it small.", low=0)
+                           "On Colab, where sessions end, keep it small.", low=0, may_change=True)
     save_total_limit: int = knob(2, "newest checkpoints kept on disk; a full fine-tuning checkpoint of a "
-                                 "7B model is about 80 GB.", low=1)
+                                 "7B model is about 80 GB.", low=1, may_change=True)
     stop_after: int = knob(0, "end this run after N more steps, checkpointed, and resume later with the "
-                           "same command (for sessions with a time limit); 0 = run to max_steps.", low=0)
+                           "same command (for sessions with a time limit); 0 = run to max_steps.", low=0,
+                           may_change=True)
+
+
+# the settings a resumed run may change (kit.checkpoint checks every other one)
+RESUMABLE = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["may_change"])
 
 
 @dataclass
@@ -149,6 +158,13 @@ class History:
     @property
     def losses(self) -> list[float]:
         return [s["loss"] for s in self.steps]
+
+    def median_step_s(self, skip: int = 0) -> float | None:
+        """The median seconds per step, leaving out the first `skip` steps (on a GPU the first
+        pays for kernel selection and allocation) when there are more; None before any step."""
+        times = [s["step_time"] for s in self.steps]
+        times = times[skip:] or times
+        return statistics.median(times) if times else None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -198,7 +214,7 @@ def check_config(method: str, config: TrainConfig) -> None:
     if method == "full" and (config.use_dora or config.loraplus_lr_ratio):
         raise ValueError("use_dora and loraplus_lr_ratio shape LoRA adapters; method='full' has none. Use "
                          "method='lora', or leave them at False and 0.")
-    if method == "qlora" and config.use_dora:
+    if quantization(method) and config.use_dora:
         raise ValueError("use_dora with method='qlora': the kit's merge of a 4-bit base adds B @ A and "
                          "knows nothing of DoRA's magnitudes, so it cannot ship such a model. Use "
                          "method='lora' for DoRA, or use_dora=False.")
@@ -255,14 +271,14 @@ def prepare_model(model: nn.Module, method: str, config: TrainConfig | None = No
         raise ValueError("This model already has adapters (a peft model). Pass it to finetune() "
                          "to keep training them, or start from a fresh base model.")
     quantized = is_4bit(model)
-    if method == "qlora" and not quantized:
+    if quantization(method) and not quantized:
         raise ValueError("method='qlora' needs a 4-bit base model; this one has no bitsandbytes "
                          "Linear4bit layers. Load it with load_model(name, quantization='nf4'), "
                          "or use method='lora' on this model.")
-    if method in ("full", "lora") and quantized:
+    if not quantization(method) and quantized:
         raise ValueError(f"method={method!r} on a 4-bit base: LoRA on a 4-bit base is QLoRA, use "
                          "method='qlora'; for full fine-tuning load the model with quantization=None.")
-    if method == "qlora":
+    if quantization(method):
         problem = bnb_error(read_profile(), 4)
         if problem:
             raise ValueError(f"method='qlora' cannot run here: {problem}")
@@ -280,7 +296,7 @@ def prepare_model(model: nn.Module, method: str, config: TrainConfig | None = No
 
     check_hparams(config.lora_r, config.lora_alpha, config.lora_dropout)
     target_modules(model, config.lora_target_modules, (nn.Linear, *_bnb_kinds()))  # names checked
-    if method == "qlora":
+    if quantization(method):
         bnb_check.protect(model)  # on a CPU: bitsandbytes' gradient-cutting repacking off (kit.bnb_check)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
@@ -432,7 +448,8 @@ class Checkpoints:
     def resume(self) -> int:
         """Restore the newest checkpoint (weights, optimizer, random state, history); the step
         to start from (0 without one)."""
-        state = checkpoint.resume(self.folder, self.model, self.optimizer, self.scaler, self.settings) \
+        state = checkpoint.resume(self.folder, self.model, self.optimizer, self.scaler, self.settings,
+                                  RESUMABLE) \
             if self.folder else None
         if state is None:
             return 0
