@@ -4,7 +4,7 @@
     python benchmarks/bench_methods.py --steps 4    # a quick check
 
 For each method: median step time, tokens/s and the memory ledger of one step
-(kit.memory.measure_step) for the kit's `finetune`, and the same steps in a bare
+(kit.machine.memory.measure_step) for the kit's `finetune`, and the same steps in a bare
 transformers + peft loop written here with the same settings (same model, seed,
 batches, AdamW, clipping, cosine schedule without warm-up), in the order kit, bare,
 bare, kit (a machine that drifts weighs on both alike). The overhead ratio kit / bare
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from kit.data import batches, make_task, tokenize  # noqa: E402
-from kit.device import profile  # noqa: E402
-from kit.models import load_model  # noqa: E402
+from kit.engine.data import batches, make_task, tokenize  # noqa: E402
+from kit.machine.device import profile  # noqa: E402
+from kit.machine.models import load_model  # noqa: E402
 from kit.arch import DEFAULT_LR  # noqa: E402
-from kit.train import TrainConfig, finetune, precision  # noqa: E402
+from kit.engine.train import TrainConfig, finetune, precision  # noqa: E402
 
 MB = 1e6
 
@@ -102,9 +102,9 @@ def bare_run(method, data, cfg, args) -> dict:
 
 
 def ledger(model, train_set, pad_id, batch_size):
-    """One measured step (kit.memory.measure_step), or None if kit.memory is absent."""
+    """One measured step (kit.machine.memory.measure_step), or None if kit.machine.memory is absent."""
     try:
-        from kit.memory import measure_step
+        from kit.machine.memory import measure_step
     except ImportError:
         return None
     batch = next(batches(train_set, batch_size, pad_id, seed=123))
@@ -186,7 +186,7 @@ def report(rows, prof, args, memory_kind) -> str:
                                   "cuda_peak_allocated" else "the process' peak RSS so far (on a CPU "
                                   "it only grows from one method to the next; compare the ledger)")]
     if any(r["ledger"] is not None for r in rows):
-        lines += ["", "Memory ledger of one step (kit.memory.measure_step), MB:", "",
+        lines += ["", "Memory ledger of one step (kit.machine.memory.measure_step), MB:", "",
                   "| method | weights | quant constants | trainable | gradients | optimizer "
                   "| activations | logits | total |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.data import make_task  # noqa: E402
-from kit.device import profile  # noqa: E402
-from kit.models import load_model  # noqa: E402
-from kit.train import finetune  # noqa: E402
+from kit.engine.data import make_task  # noqa: E402
+from kit.machine.device import profile  # noqa: E402
+from kit.machine.models import load_model  # noqa: E402
+from kit.engine.train import finetune  # noqa: E402
 
 
 def main() -> int:

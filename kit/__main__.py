@@ -25,14 +25,14 @@ from kit.errors import command
 
 @command
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.recipe)
-        from kit.finetune_cli import main as finetune_main  # loads the training stack: lazy
+    if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.commands.recipe)
+        from kit.commands.finetune import main as finetune_main  # loads the training stack: lazy
         return finetune_main(argv[1:])
     if argv[:1] == ["chat"]:
-        from kit.chat import main as chat_main
+        from kit.commands.chat import main as chat_main
         return chat_main(argv[1:])
     if argv[:1] == ["diagnose"]:  # recipe knobs too, as finetune takes them
-        from kit.diagnose import main as diagnose_main
+        from kit.commands.diagnose import main as diagnose_main
         return diagnose_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,26 +74,26 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
-        from kit.models import ensure_bundled, ensure_tiny
+        from kit.machine.models import ensure_bundled, ensure_tiny
         print(f"bundled model: {ensure_bundled()}")
         print(f"tiny-llama   : {ensure_tiny()}")
         return 0
     if args.command == "device":
-        from kit.bnb_check import preflight
-        from kit.device import profile
+        from kit.machine.bnb_check import preflight
+        from kit.machine.device import profile
         print(profile().summary())
-        report = preflight()   # bitsandbytes' 4-bit against kit.quant and a backward pass
+        report = preflight()   # bitsandbytes' 4-bit against kit.scratch.quant and a backward pass
         print(report.line if report else "bitsandbytes is not installed: no 4-bit here")
         return 0
     if args.command == "run":
-        from kit.runner import run as run_all
+        from kit.commands.runner import run as run_all
         summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
         return 0 if summary.ok else 1
     if args.command == "lessons":
-        from kit.lessons import main as lessons_main
+        from kit.view.lessons import main as lessons_main
         return lessons_main(["--run", args.run] if args.run else [])
     if args.command == "study":
-        from kit import study, study_plots, study_report
+        from kit.study import run as study, plots as study_plots, report as study_report
         from kit.files import RUNS
         out = args.out or RUNS / ("study-quick" if args.quick else "study")
         summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
@@ -102,12 +102,12 @@ def main(argv: list[str]) -> int:
         print(f"written to {out}/study.json and {out}/figures/")
         return 0
     if args.command == "gpu-check":
-        from kit.gpu_check import main as gpu_main
+        from kit.commands.gpu_check import main as gpu_main
         return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,
                         recipe=args.recipe, random_weights=args.random_weights,
                         methods=args.methods.split(",") if args.methods is not None else None)
     if args.command == "sync-links":
-        from kit.links import sync
+        from kit.commands.links import sync
         for path in sync():
             print(f"updated {path}")
         return 0

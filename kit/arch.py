@@ -25,7 +25,7 @@ class Method:
     base: str                   # how the frozen (or trained) base weights are stored
     learning_rate: float        # default peak learning rate (see the note below METHODS)
     bits: tuple                 # the base's widths the memory calculator offers (first: usual)
-    gpu_estimate: dict          # kit.memory.estimate settings for this method on a GPU
+    gpu_estimate: dict          # kit.machine.memory.estimate settings for this method on a GPU
     cpu_estimate: dict          # ... and on a CPU, where everything computes in fp32
     label: str                  # for tables and plots
     quantization: str | None = None   # the base's bitsandbytes storage when loaded for it ("nf4")
@@ -261,7 +261,7 @@ def check_target_names(targets, available, model: nn.Module | None = None) -> tu
 
 def target_modules(model: nn.Module, targets="all-linear", kinds=(nn.Linear,)) -> list[str]:
     """Full names of the layers of `kinds` that `targets` picks, in model order: what LoRA
-    adapts (kit.lora, kit.train) and what quantization replaces (kit.quant).
+    adapts (kit.scratch.lora, kit.engine.train) and what quantization replaces (kit.scratch.quant).
 
     "all-linear" picks every such layer except the output head (peft's convention); a list of
     short names ("q_proj") picks the layers whose name ends with one of them. Layers already

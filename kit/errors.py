@@ -14,7 +14,7 @@ Anything else is a bug and keeps its traceback; so does a ValueError raised insi
 library (torch, transformers, ...) rather than by a line of the kit. (One a kit line makes
 Python raise, a bad unpacking say, reads as a user error.) `--debug`, anywhere on the
 command line, shows the traceback of a user error too; `reported` does the same for a
-function that takes no argv (kit.gpu_check.main).
+function that takes no argv (kit.commands.gpu_check.main).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class UserError(ValueError):
 
 
 class DataError(UserError):
-    """A row of the user's data cannot be used (kit.formats names its file and line)."""
+    """A row of the user's data cannot be used (kit.engine.formats names its file and line)."""
 
 
 def _raised_by_the_kit(error: BaseException) -> bool:

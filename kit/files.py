@@ -1,7 +1,7 @@
 """Reading saved files with a clear error: a missing, truncated or corrupt safetensors or JSON
 file raises `DamagedFileError`, whose message names the file, what is wrong with it, and what
-to do. Adapters, checkpoints and saved models are all read through here (kit.adapters,
-kit.checkpoint, kit.models); loading runs no code (safetensors and JSON only, no pickle).
+to do. Adapters, checkpoints and saved models are all read through here (kit.engine.adapters,
+kit.engine.checkpoint, kit.machine.models); loading runs no code (safetensors and JSON only, no pickle).
 Every JSON file the kit writes goes through `write_json` (atomic).
 """
 from __future__ import annotations

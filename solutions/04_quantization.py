@@ -1,6 +1,6 @@
 """Solutions to notebook 04's exercises: each takes the notebook's variables and returns the
 answer the exercise asks for. Try the exercise first; the notebook's check says what is right."""
-from kit.quant import quantize, sqnr_db
+from kit.scratch.quant import quantize, sqnr_db
 
 
 def ex1(ns):

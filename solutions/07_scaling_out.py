@@ -10,7 +10,7 @@ def ex1(ns):
 
 
 def ex2(ns):
-    # the fewest GPUs from kit.scaling, and the largest part that is the same at 2 and 8 GPUs
+    # the fewest GPUs from kit.machine.scaling, and the largest part that is the same at 2 and 8 GPUs
     S, parts = ns["S"], ns["long_parts"]
     lora_70b = S.smallest_gpu_count("llama-2-70b", "lora", "A100-80GB", "fsdp", max_gpus=64, seq_len=ns["SEQ_LEN"])
     full_8b = S.smallest_gpu_count("llama-3-8b", "full", "A100-80GB", "fsdp", max_gpus=64, seq_len=ns["SEQ_LEN"])

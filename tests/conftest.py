@@ -20,28 +20,28 @@ torch.set_num_threads(THREADS)
 @pytest.fixture(scope="session")
 def tokenizer():
     """The bundled SmolLM2 tokenizer (shared; do not modify)."""
-    from kit.models import load_model
+    from kit.machine.models import load_model
     return load_model("tiny-llama")[1]
 
 
 @pytest.fixture
 def tiny():
     """A fresh random tiny-llama (3.3M parameters) and its tokenizer, per test."""
-    from kit.models import load_model
+    from kit.machine.models import load_model
     return load_model("tiny-llama")
 
 
 @pytest.fixture
 def bundled():
     """A fresh SmolLM2-135M-Instruct in fp32 (about 3 s to load), per test."""
-    from kit.models import load_model
+    from kit.machine.models import load_model
     return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def bundled_shared():
     """One SmolLM2-135M-Instruct for the whole session: read-only use (evaluation)."""
-    from kit.models import load_model
+    from kit.machine.models import load_model
     return load_model("smollm2-135m")
 
 
@@ -61,7 +61,7 @@ def run_notebook(name: str, folder, **overrides) -> dict:
     import json
     from pathlib import Path
 
-    from kit.runner import NOTEBOOKS, execute_smoke, smoke_parameters
+    from kit.commands.runner import NOTEBOOKS, execute_smoke, smoke_parameters
 
     path = NOTEBOOKS / f"{name}.ipynb"
     folder = Path(folder)
@@ -92,13 +92,13 @@ def assert_exercises(results: dict, wrong: dict) -> None:
     """Every exercise the notebook recorded passed with its solution (SOLUTIONS = True), and its
     check says "not yet" to an unanswered exercise and to the `wrong` answer given here
     ({number: a wrong answer}): both directions of every check, on the facts the notebook measured."""
-    from kit import check
+    from kit.view import check
 
     name = results["notebook"]
     recorded = {int(k): v for k, v in results["exercises"].items()}
     assert recorded and set(recorded) == set(wrong), (sorted(recorded), sorted(wrong))
     for number, ex in sorted(recorded.items()):
-        fn = getattr(check, f"ex{name[:2]}_{number}")
+        fn = check.check_of(name, number)
         assert ex["ok"] is True, (name, number, ex)
         assert fn(ex["answer"], **ex["facts"]) is True
         assert fn(None, **ex["facts"]) is False, (name, number, "an unanswered exercise passed")

@@ -1,4 +1,4 @@
-"""kit.bnb_check: bitsandbytes' 4-bit checked against kit.quant and a backward pass, and QLoRA
+"""kit.machine.bnb_check: bitsandbytes' 4-bit checked against kit.scratch.quant and a backward pass, and QLoRA
 right on every CPU. The two faults (FACTS.md) are forced here, so that every machine runs the
 paths an AVX512-BF16 or AVX-512 CPU takes:
 
@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-from kit import bnb_check, quant
-from kit.adapters import load_adapter, logits, merge, save_adapter
-from kit.data import pad_token_id, tokenize
-from kit.evaluate import validation_loss
-from kit.models import load_model, resolve
-from kit.train import finetune
+from kit.machine import bnb_check
+from kit.scratch import quant
+from kit.engine.adapters import load_adapter, logits, merge, save_adapter
+from kit.engine.data import pad_token_id, tokenize
+from kit.engine.evaluate import validation_loss
+from kit.machine.models import load_model, resolve
+from kit.engine.train import finetune
 
 FAST = dict(max_steps=6, per_device_train_batch_size=2, warmup_steps=0, lora_dropout=0.0,
             lr_scheduler_type="constant_with_warmup", eval_steps=0, disable_tqdm=True)
@@ -147,7 +148,7 @@ def test_the_check_catches_per_row_blocks_and_decodes_those_shapes_with_kit_quan
     for shape in ((128, 96), (1000, 96)):
         p = by_shape[shape]
         assert p.decoded_by_kit and p.dequantize_error > 0.1 and p.ok
-    assert any("128 x 96 at block size 64 decoded by kit.quant" in w for w in report.workarounds)
+    assert any("128 x 96 at block size 64 decoded by kit.scratch.quant" in w for w in report.workarounds)
 
 
 def test_a_layer_still_wrong_after_the_workarounds_is_refused_naming_layer_shape_and_fix(tiny, monkeypatch):
@@ -248,7 +249,7 @@ def test_the_fused_path_is_a_stated_choice_that_prepare_model_takes_back(capsys)
     (a CPU with AVX512-BF16): the answers stay within bf16 rounding of the protected model's, and
     training (prepare_model) unpacks it again, saying that the repacking rounded the block
     constants. Elsewhere it changes nothing and says so by returning 0."""
-    from kit.train import prepare_model
+    from kit.engine.train import prepare_model
 
     model, tok = load_model("tiny-llama", quantization="nf4")
     batch = tok(["Double 3", "Double 21"], return_tensors="pt", padding=True)

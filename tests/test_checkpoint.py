@@ -3,10 +3,10 @@ data, same weights), and nothing but safetensors and JSON is written."""
 import pytest
 import torch
 
-from kit import checkpoint
-from kit.data import make_task
-from kit.models import load_model
-from kit.train import finetune
+from kit.engine import checkpoint
+from kit.engine.data import make_task
+from kit.machine.models import load_model
+from kit.engine.train import finetune
 
 DATA = make_task("dates", n_train=24, n_val=8, n_test=0, seed=0)
 RUN = dict(max_steps=6, per_device_train_batch_size=4, eval_steps=3, save_steps=2, disable_tqdm=True,
@@ -80,7 +80,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     from conftest import micro_llama
-    from kit.train import prepare_model
+    from kit.engine.train import prepare_model
 
     saved = train(tmp_path / "run", stop_after=2)
     other = prepare_model(micro_llama(), "lora")

@@ -182,11 +182,11 @@ def test_gpu_check_refuses_in_one_line(tmp_path):
 @pytest.mark.parametrize("bug, name", [("raise RuntimeError('a bug')", "RuntimeError: a bug"),
                                        ("json.loads('{')", "JSONDecodeError")])   # a library's ValueError
 def test_a_bug_keeps_its_traceback(bug, name):
-    """The real entry point with kit.device.profile broken: a RuntimeError, or a ValueError
+    """The real entry point with kit.machine.device.profile broken: a RuntimeError, or a ValueError
     raised inside a library rather than by a line of the kit, is a bug: the traceback stays."""
-    code = ("import json, sys; import kit.device\n"
+    code = ("import json, sys; import kit.machine.device\n"
             f"def broken(*a, **k): {bug}\n"
-            "kit.device.profile = broken\n"
+            "kit.machine.device.profile = broken\n"
             "from kit.__main__ import main; sys.exit(main(['device']))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=120)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kit import checkpoint
-from kit.adapters import load_adapter, save_adapter, save_full
+from kit.engine import checkpoint
+from kit.engine.adapters import load_adapter, save_adapter, save_full
 from kit.files import DamagedFileError, check_tensors, read_tensors
-from kit.data import make_task
-from kit.models import load_model
-from kit.quant import quantize
-from kit.train import finetune, prepare_model
+from kit.engine.data import make_task
+from kit.machine.models import load_model
+from kit.scratch.quant import quantize
+from kit.engine.train import finetune, prepare_model
 
 DATA = make_task("dates", n_train=24, n_val=8, n_test=0, seed=0)
 RUN = dict(max_steps=6, per_device_train_batch_size=4, save_steps=2, disable_tqdm=True, seed=0)

@@ -1,4 +1,4 @@
-"""kit.data: synthetic tasks, local/hub loading, chat formatting with answer-only labels,
+"""kit.engine.data: synthetic tasks, local/hub loading, chat formatting with answer-only labels,
 overflow policies, collation and the batch stream."""
 import csv
 import datetime
@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from kit import data as kd
-from kit import formats as kf
+from kit.engine import data as kd
+from kit.engine import formats as kf
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -489,7 +489,7 @@ def test_padding_does_not_change_the_loss(tiny):
     import random as _random
     from datasets import Dataset
 
-    from kit.evaluate import validation_loss
+    from kit.engine.evaluate import validation_loss
 
     model, tok = tiny
     rows = [{"prompt": "tell me " * (1 + (5 * i) % 23), "response": "fine " * (1 + i % 4)} for i in range(24)]
@@ -506,13 +506,13 @@ def test_padding_does_not_change_the_loss(tiny):
 
 def test_trls_completion_only_loss_trains_the_kits_tokens_and_one_newline(tmp_path):
     """TRL's own answer-only switch (SFTConfig completion_only_loss on prompt/completion
-    conversations) against kit.data.tokenize: the same prompt tokens, the same answer tokens up to
+    conversations) against kit.engine.data.tokenize: the same prompt tokens, the same answer tokens up to
     and including <|im_end|>; TRL's sequence also ends with the chat template's newline after
     <|im_end|>, and trains it. One token per example that the kit leaves out."""
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
-    from kit.models import load_model
+    from kit.machine.models import load_model
 
     model, tok = load_model("tiny-llama")
     data = kd.make_task("dates", n_train=4, n_val=0, n_test=0)["train"]

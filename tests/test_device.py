@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kit.device import bnb_error, dtype_policy, make_profile, profile
+from kit.machine.device import bnb_error, dtype_policy, make_profile, profile
 
 
 def test_t4_uses_fp16_with_scaling_and_fp32_trainables():
@@ -59,7 +59,7 @@ def test_this_machine_profile_is_consistent():
 
 
 def test_capability_override_parses_and_refuses_clearly():
-    from kit.device import capability_override
+    from kit.machine.device import capability_override
     assert capability_override("") is None and capability_override("  ") is None
     assert capability_override("7.5") == (7, 5) and capability_override("9.0") == (9, 0)
     for bad in ("t4", "7", "7.5.1", "-1.0"):
@@ -70,7 +70,7 @@ def test_capability_override_parses_and_refuses_clearly():
 def test_profile_follows_the_override_on_cuda(monkeypatch):
     """An H100-like GPU told to follow a T4's policy trains in fp16 with a scaler."""
     import types
-    import kit.device as D
+    from kit.machine import device as D
     props = types.SimpleNamespace(name="Fake H100", major=9, minor=0, total_memory=80 * 2**30)
     monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(D.torch.cuda, "get_device_properties", lambda i: props)

@@ -1,4 +1,4 @@
-"""kit.diagnose: each check finds the fault it names when the fault is put in, and a clean setup
+"""kit.commands.diagnose: each check finds the fault it names when the fault is put in, and a clean setup
 gives no finding; the command prints its report, and a bad input is one `error:` line."""
 import json
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kit import diagnose as dg
-from kit import recipe as recipes
-from kit.data import IGNORE_INDEX, collate, end_of_turn, make_task, pad_token_id, tokenize
-from kit.train import prepare_model
+from kit.commands import diagnose as dg
+from kit.commands import recipe as recipes
+from kit.engine.data import IGNORE_INDEX, collate, end_of_turn, make_task, pad_token_id, tokenize
+from kit.engine.train import prepare_model
 from test_cli_errors import kit, one_error_line
 
 

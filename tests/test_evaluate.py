@@ -1,4 +1,4 @@
-"""kit.evaluate: batched greedy generation, the exact-match rule, validation loss,
+"""kit.engine.evaluate: batched greedy generation, the exact-match rule, validation loss,
 retention. Fast tests use tiny-llama or a stand-in for generate; slow ones the 135M model."""
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from kit import data as kd
-from kit import evaluate as ke
+from kit.engine import data as kd
+from kit.engine import evaluate as ke
 
 
 # ----------------------------------------------------------------------------- generation
@@ -98,7 +98,7 @@ def test_exact_match_counts_with_a_stand_in_generate(monkeypatch):
         return [answers[p] for p in prompts]
 
     monkeypatch.setattr(ke, "generate", fake_generate)
-    from kit.models import load_model
+    from kit.machine.models import load_model
     tok = load_model("tiny-llama")[1]
     r = ke.exact_match(None, tok, data, batch_size=7)
     assert (r["correct"], r["total"], r["accuracy"]) == (3, 4, 0.75)

@@ -1,12 +1,12 @@
-"""kit.formats: the formats people have (conversations, Alpaca records, prompt/response), read
+"""kit.engine.formats: the formats people have (conversations, Alpaca records, prompt/response), read
 with `datasets`; the loss on every assistant turn and nothing else; malformed rows named."""
 import json
 
 import pytest
 from datasets import Dataset
 
-from kit import formats
-from kit.data import IGNORE_INDEX, chat_prompt, encode_conversation, end_of_turn, tokenize
+from kit.engine import formats
+from kit.engine.data import IGNORE_INDEX, chat_prompt, encode_conversation, end_of_turn, tokenize
 
 CHAT = [
     {"messages": [{"role": "system", "content": "You answer in one word."},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.links import out_of_sync
+from kit.commands.links import out_of_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from kit import lessons
+from kit.view import lessons
 
 TEMPLATES = sorted(lessons.TEMPLATES.glob("[0-9][0-9]-*.md"))
 README = lessons.TEMPLATES / lessons.README
@@ -21,7 +21,7 @@ CITED = {
     "24 GB": "NVIDIA: an RTX 3090/4090's memory, the cards of Answer.AI's 70B-at-home post (2024-03-06)",
 }
 # Numbers with a unit that are conventions, not measurements
-CONVENTIONS = {"95%": "the confidence level of every interval (kit.stats)",
+CONVENTIONS = {"95%": "the confidence level of every interval (kit.scratch.stats)",
                "A100-80GB": "a GPU's product name (kit.arch.GPUS)",
                "15 GB": "what the kit counts as a T4's usable memory (kit.arch.GPUS['T4'])"}
 UNIT = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s?(?:%|[KMGT]i?B\b|s/step\b|tokens/s\b|ms\b|s\b|x\b|GFLOP/s\b)")

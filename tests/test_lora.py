@@ -1,4 +1,4 @@
-"""Tests for kit/lora.py: behaviour, parameter counts, and parity with peft."""
+"""Tests for kit/scratch/lora.py: behaviour, parameter counts, and parity with peft."""
 
 import copy
 import math
@@ -10,7 +10,7 @@ from conftest import micro_llama as tiny_llama
 import torch.nn as nn
 
 
-from kit.lora import (  # noqa: E402
+from kit.scratch.lora import (  # noqa: E402
     LoRALinear,
     inject,
     lora_parameter_count,
@@ -258,7 +258,7 @@ def test_count_from_shapes_needs_r():
 
 # ---------------------------------------------------------------------------- LoftQ
 def test_loftq_factors_are_the_best_rank_r_approximation():
-    from kit.lora import loftq_factors
+    from kit.scratch.lora import loftq_factors
     g = torch.Generator().manual_seed(0)
     residual = torch.randn(64, 48, generator=g) @ torch.diag(torch.linspace(2, 0.1, 48))
     r, scaling = 4, 2.0
@@ -277,9 +277,9 @@ def test_loftq_factors_are_the_best_rank_r_approximation():
 
 
 def test_loftq_starts_a_qlora_model_closer_to_the_full_precision_one():
-    from kit.adapters import init_loftq, logits
-    from kit.models import load_model
-    from kit.train import prepare_model
+    from kit.engine.adapters import init_loftq, logits
+    from kit.machine.models import load_model
+    from kit.engine.train import prepare_model
     full, tok = load_model("tiny-llama")
     batch = tok(["Double 3", "What is the capital of France?"], return_tensors="pt", padding=True)
     target = logits(full, batch)

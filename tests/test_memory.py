@@ -1,12 +1,12 @@
-"""kit.memory: the ledger measured from a real step, and the estimate that must agree with it."""
+"""kit.machine.memory: the ledger measured from a real step, and the estimate that must agree with it."""
 import dataclasses
 
 import pytest
 import torch
 
 from kit import arch as A
-from kit import memory as M
-from kit.models import load_model, parameter_count
+from kit.machine import memory as M
+from kit.machine.models import load_model, parameter_count
 
 B, T = 2, 16          # a small batch keeps the three slow steps of the 135M model short
 
@@ -236,7 +236,7 @@ def test_16bit_autocast_step_meets_the_estimate_to_the_byte(method, checkpointin
     fp32 residual stream and MLP, autocast's copies of the adapters and of the fp32 head, one
     16-bit copy of LoRA A's input per target. (Dropout is left out: a CPU keeps float dropout
     masks where a GPU keeps bool ones. The same check on an H200 matched to the byte.)"""
-    from kit.train import prepare_model
+    from kit.engine.train import prepare_model
     model, _ = load_model("tiny-llama", quantization="nf4" if method == "qlora" else None,
                           dtype=torch.bfloat16)
     model = prepare_model(model, method, lora_r=4, lora_alpha=8, lora_dropout=0.0,

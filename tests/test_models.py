@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kit.arch import MODELS as PRESETS
-from kit.models import load_model, parameter_count, quantization_config
+from kit.machine.models import load_model, parameter_count, quantization_config
 
 
 def test_tiny_llama_is_small_fast_and_uses_the_bundled_tokenizer():

@@ -12,7 +12,7 @@ def test_setup_notebook_preflight(tmp_path):
     assert "Paris" in res["answer"]
     assert res["parameters"] == 134_515_008
     assert res["device"]["compute_dtype"] in ("float32", "float16", "bfloat16")
-    check = res["bnb_4bit_check"]             # bitsandbytes against kit.quant and a backward pass
+    check = res["bnb_4bit_check"]             # bitsandbytes against kit.scratch.quant and a backward pass
     assert check["status"] in ("exact", "worked around") and all(p["ok"] for p in check["probes"])
     assert check["line"].startswith("bitsandbytes 4-bit on this CPU: ")
     ratio = res["footprint_ratio"]

@@ -5,9 +5,9 @@ import math
 import pytest
 
 from conftest import assert_exercises, run_notebook
-from kit.runner import NOTEBOOKS
-from kit.runner import smoke_parameters
-from kit.stats import wilson
+from kit.commands.runner import NOTEBOOKS
+from kit.commands.runner import smoke_parameters
+from kit.scratch.stats import wilson
 
 NB = NOTEBOOKS / "01_full_finetuning.ipynb"
 
@@ -27,7 +27,7 @@ def test_the_loop_written_out_computes_what_the_kit_computes(recorded):
     assert all(math.isfinite(x) and x > 0 for x in loop["losses_inline"])
     assert loop["losses_inline"] == loop["losses_kit"]            # identical, bit for bit
     assert loop["max_abs_diff"] == 0.0
-    assert loop["schedule_matches"] is True                       # the schedule written out == kit.train.lr_at
+    assert loop["schedule_matches"] is True                       # the schedule written out == kit.engine.train.lr_at
 
 
 @pytest.mark.notebook

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import assert_exercises, run_notebook
-from kit.runner import NOTEBOOKS, smoke_parameters
+from kit.commands.runner import NOTEBOOKS, smoke_parameters
 
 NB = NOTEBOOKS / "02_lora_from_scratch.ipynb"
 
@@ -22,7 +22,7 @@ def test_b_zero_leaves_the_model_unchanged(recorded):
     assert res["b0_layer_max_abs_diff"] == 0.0        # one layer, B = 0: exactly W X
     assert res["b0_block_max_abs_diff"] == 0.0        # q_proj and v_proj of one block, by hand
     assert res["b0_model_max_abs_diff"] == 0.0        # the whole model's logits
-    assert res["kit_lora"]["b0_max_abs_diff"] == 0.0  # kit.lora starts at B = 0
+    assert res["kit_lora"]["b0_max_abs_diff"] == 0.0  # kit.scratch.lora starts at B = 0
     assert res["peft"]["b0_max_abs_diff"] == 0.0      # peft starts at B = 0 too
     assert res["formula_max_abs_diff"] < 1e-4         # LoRA(X) == (W + s B A) X + b
 
@@ -87,8 +87,8 @@ def test_exercises(recorded):
     rising = facts["energy_by_step"][-1] > facts["energy_by_step"][0]
     assert_exercises(res, wrong={1: ["b0_diff", "effect"], 2: 552_960,   # 2: v_proj taken as 576 x 576
                                  3: [layer, "less" if rising else "more"]})
-    from kit import check                              # and the other half of exercise 3's answer
-    assert check.ex02_3(["last" if layer == "first" else "first", longer], **facts) is False
+    from kit.view import check                              # and the other half of exercise 3's answer
+    assert check.check_of("02", 3)(["last" if layer == "first" else "first", longer], **facts) is False
 
 
 @pytest.mark.notebook
@@ -97,10 +97,10 @@ def test_an_update_from_01_is_scored_on_01s_task(tmp_path, tiny):
     """With 01's checkpoint in the run folder, the update is 01's (its task and steps, not
     SVD_STEPS) and the losses are scored on 01's own validation examples of that task (on
     tiny-llama: what is checked is which update and which examples, not its rank)."""
-    from kit.adapters import save_full
-    from kit.data import make_task, pad_token_id, tokenize
-    from kit.evaluate import validation_loss
-    from kit.train import finetune
+    from kit.engine.adapters import save_full
+    from kit.engine.data import make_task, pad_token_id, tokenize
+    from kit.engine.evaluate import validation_loss
+    from kit.engine.train import finetune
 
     model, tokenizer = tiny
     split = {"n_train": 8, "n_val": 4, "n_test": 4, "seed": 0}

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import assert_exercises, run_notebook
-from kit.notebook import REPO_ROOT
-from kit.runner import NOTEBOOKS
-from kit.runner import smoke_parameters
+from kit.view.notebook import REPO_ROOT
+from kit.commands.runner import NOTEBOOKS
+from kit.commands.runner import smoke_parameters
 
 NB = NOTEBOOKS / "03_lora_in_practice.ipynb"
 

@@ -10,7 +10,7 @@ from conftest import assert_exercises, run_notebook
 def test_quantization_notebook(tmp_path):
     res = run_notebook("04_quantization", tmp_path)
 
-    # the notebook's absmax int8 (per tensor, per row) is kit.quant's and bitsandbytes' (per row)
+    # the notebook's absmax int8 (per tensor, per row) is kit.scratch.quant's and bitsandbytes' (per row)
     i8 = res["int8_check"]
     for key in ("tensor_codes_equal_kit", "rows_codes_equal_kit", "rows_dequant_equal_kit",
                 "rows_scale_equal_bnb", "rows_codes_equal_bnb_order"):

@@ -16,7 +16,7 @@ NAME = "06_choosing_a_method"
 @pytest.fixture(scope="module")
 def smoke_study(tmp_path_factory):
     """A quick study (tiny-llama, a few steps; about a minute): the notebook's STUDY."""
-    from kit import study
+    from kit.study import run as study
     out = tmp_path_factory.mktemp("study")
     study.run(study.QUICK, out)
     return out / "study.json"

@@ -7,8 +7,8 @@ a wrong answer."""
 import pytest
 
 from conftest import assert_exercises, run_notebook
-from kit.runner import NOTEBOOKS
-from kit.runner import smoke_parameters
+from kit.commands.runner import NOTEBOOKS
+from kit.commands.runner import smoke_parameters
 
 NB = NOTEBOOKS / "07_scaling_out.ipynb"
 NAME = "07_scaling_out"

@@ -4,7 +4,7 @@ recorded: the three formats, the loss mask of a multi-turn conversation, padding
 TRL, the chat, and what it ships loading in plain transformers and peft."""
 import pytest
 
-from kit.check import PARITY_TOLERANCE
+from kit.engine.train import PARITY_TOLERANCE
 from conftest import assert_exercises, run_notebook
 
 

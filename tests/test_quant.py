@@ -1,4 +1,4 @@
-"""Tests for kit/quant.py: code books, storage cost, error behaviour, bnb parity."""
+"""Tests for kit/scratch/quant.py: code books, storage cost, error behaviour, bnb parity."""
 
 import copy
 import math
@@ -10,7 +10,7 @@ from conftest import micro_llama as tiny_llama
 import torch.nn as nn
 
 
-from kit.quant import (  # noqa: E402
+from kit.scratch.quant import (  # noqa: E402
     error_report,
     fake_quantize_model,
     fp4_codebook,
@@ -258,7 +258,7 @@ def test_bad_kind_and_bits():
 
 def test_bits_view_is_a_plain_function():
     """The computation behind notebook 04's "bits" slider."""
-    from kit.quant import bits_view
+    from kit.scratch.quant import bits_view
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     views = [bits_view(w, b, blocksize=64, linear_params=1000, other_params=100) for b in range(2, 9)]

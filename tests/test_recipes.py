@@ -9,11 +9,11 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from kit import finetune_cli
-from kit import recipe as recipes
+from kit.commands import finetune as finetune_cli
+from kit.commands import recipe as recipes
 from kit.arch import GPUS
-from kit.recipe import KNOBS, RecipeError
-from kit.train import TrainConfig
+from kit.commands.recipe import KNOBS, RecipeError
+from kit.engine.train import TrainConfig
 
 GPU = torch.cuda.is_available()
 ROOT = Path(__file__).resolve().parent.parent

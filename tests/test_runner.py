@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from kit import runner
-from kit.notebook import record
+from kit.commands import runner
+from kit.view.notebook import record
 
 
 def _notebook(path, cells):
@@ -22,7 +22,7 @@ def _notebook(path, cells):
 def test_runner_reports_failures_with_their_cell_and_goes_on(tmp_path, monkeypatch, capsys):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
-    rec = "from kit.notebook import record\nrecord(NAME, {'steps': STEPS, 'overview_row': {'method': NAME, 'step_time_s': 1.5}}, RUN_DIR)"
+    rec = "from kit.view.notebook import record\nrecord(NAME, {'steps': STEPS, 'overview_row': {'method': NAME, 'step_time_s': 1.5}}, RUN_DIR)"
     _notebook(nbs / "01_good.ipynb", ["RUN_DIR = ''\nSTEPS = 10\nNAME = '01_good'", rec])
     _notebook(nbs / "02_bad.ipynb", ["RUN_DIR = ''\nSTEPS = 10", "import os\nos.write(2, b'kernel noise')",
                                      "raise ValueError('boom')"])

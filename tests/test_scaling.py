@@ -1,11 +1,11 @@
-"""kit.scaling: how one step's memory divides across GPUs under DDP and FSDP."""
+"""kit.machine.scaling: how one step's memory divides across GPUs under DDP and FSDP."""
 import dataclasses
 
 import pytest
 
 from kit import arch as A
-from kit import memory as M
-from kit import scaling as S
+from kit.machine import memory as M
+from kit.machine import scaling as S
 
 SIZES = ("llama-2-7b", "llama-2-13b", "llama-2-70b")
 

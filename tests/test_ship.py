@@ -5,9 +5,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from kit import chat
-from kit.adapters import load_adapter, logits, save_adapter, save_merged
-from kit.models import load_model
+from kit.commands import chat
+from kit.engine.adapters import load_adapter, logits, save_adapter, save_merged
+from kit.machine.models import load_model
 from test_adapters import sample_batch, with_adapter
 
 

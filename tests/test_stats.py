@@ -1,10 +1,10 @@
-"""kit.stats against known values."""
+"""kit.scratch.stats against known values."""
 import math
 import statistics
 
 import pytest
 
-from kit import stats
+from kit.scratch import stats
 
 
 def test_wilson_interval_known_values():

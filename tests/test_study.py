@@ -1,4 +1,4 @@
-"""kit.study, kit.study_report and kit.study_plots: forgetting without generation noise, the
+"""kit.study, kit.study.report and kit.study.plots: forgetting without generation noise, the
 report's reasoning on made-up runs whose answers are known (frontier, matched learning, rate range,
 verdicts), the smoke study's outputs (every field notebook 06 and lesson 06 read), resuming."""
 import copy
@@ -9,11 +9,11 @@ import zlib
 import pytest
 import torch
 
-from kit import study, study_plots, study_report
-from kit.data import tokenize
-from kit.evaluate import divergence, reference_answers
-from kit.models import load_model
-from kit.train import best_evaluation, prepare_model
+from kit.study import run as study, plots as study_plots, report as study_report
+from kit.engine.data import tokenize
+from kit.engine.evaluate import divergence, reference_answers
+from kit.machine.models import load_model
+from kit.engine.train import best_evaluation, prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +180,12 @@ def test_the_study_resumes_without_running_finished_runs(smoke, monkeypatch):
 
 
 def test_lesson_06s_figures_are_the_committed_reference_study(tmp_path):
-    """The study figures lesson 06 shows are what kit.study_plots draws from the committed
+    """The study figures lesson 06 shows are what kit.study.plots draws from the committed
     study.json, up to anti-aliasing: a figure cannot drift from the numbers the lesson quotes."""
     import matplotlib.image as mpimg
     import numpy as np
 
-    from kit import lessons
+    from kit.view import lessons
 
     reference = lessons.REFERENCE / "study"
     summary = json.loads((reference / "study.json").read_text())

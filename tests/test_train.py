@@ -1,14 +1,14 @@
-"""kit.train: one loop for full fine-tuning, LoRA and QLoRA, on the tiny random Llama."""
+"""kit.engine.train: one loop for full fine-tuning, LoRA and QLoRA, on the tiny random Llama."""
 import math
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from kit.device import make_profile
-from kit.models import load_model
+from kit.machine.device import make_profile
+from kit.machine.models import load_model
 from kit.arch import DEFAULT_LR
-from kit.train import TrainConfig, finetune, linear_names, lr_at, precision, prepare_model
+from kit.engine.train import TrainConfig, finetune, linear_names, lr_at, precision, prepare_model
 
 
 def doubling(n_train=8, n_val=4):
@@ -162,8 +162,8 @@ def test_qlora_needs_a_4bit_base_and_usable_bitsandbytes(tiny_shared, tiny4, mon
         prepare_model(tiny_shared[0], "qlora")
     with pytest.raises(ValueError, match=r"LoRA on a 4-bit base is QLoRA, use method='qlora'"):
         prepare_model(tiny4[0], "lora")
-    import kit.train
-    monkeypatch.setattr(kit.train, "read_profile", lambda: make_profile("cpu", bnb_backend=""))
+    import kit.engine.train
+    monkeypatch.setattr(kit.engine.train, "read_profile", lambda: make_profile("cpu", bnb_backend=""))
     with pytest.raises(ValueError, match=r"method='qlora' cannot run here: .*bitsandbytes"):
         prepare_model(tiny4[0], "qlora")
 
@@ -187,10 +187,10 @@ def test_adapters_learn_the_dates_task_on_the_bundled_model(method):
     merge claim too: the merged model in fp32 computes what the adapter model computes, and
     re-quantizing it to NF4 rounds most of the update away (closer to the 4-bit base than to
     the adapter model)."""
-    from kit.adapters import disable_adapter, logits, merge
-    from kit.data import collate, make_task, tokenize
-    from kit.evaluate import exact_match
-    from kit.quant import fake_quantize_model
+    from kit.engine.adapters import disable_adapter, logits, merge
+    from kit.engine.data import collate, make_task, tokenize
+    from kit.engine.evaluate import exact_match
+    from kit.scratch.quant import fake_quantize_model
     model, tok = load_model("smollm2-135m", quantization="nf4" if method == "qlora" else None)
     data = make_task("dates", n_train=32, n_val=4, n_test=8)
     result = finetune(model, tok, data, method, max_steps=8, per_device_train_batch_size=4, eval_steps=0,
@@ -213,7 +213,7 @@ def test_adapters_learn_the_dates_task_on_the_bundled_model(method):
 
 
 def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch):
-    from kit.train import check_fits
+    from kit.engine.train import check_fits
     model, _ = tiny_shared
     cfg = TrainConfig(per_device_train_batch_size=64)
     check_fits(model, "lora", cfg, 512, make_profile("cpu"))  # CPUs: skipped
@@ -229,7 +229,7 @@ def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch)
 # ---------------------------------------------------------------------------- early stopping
 def test_plateau_is_read_from_the_evaluations_so_far():
     from types import SimpleNamespace
-    from kit.train import Run
+    from kit.engine.train import Run
     cfg = TrainConfig(early_stopping_patience=2, early_stopping_threshold=0.01)
     run = lambda losses: Run.plateaued(SimpleNamespace(config=cfg, history=SimpleNamespace(
         evals=[{"step": 4 * i, "val_loss": v} for i, v in enumerate(losses)])))
@@ -244,7 +244,7 @@ def test_plateau_is_read_from_the_evaluations_so_far():
 
 
 def test_the_best_evaluation_is_where_the_run_last_improved_by_more_than_the_threshold():
-    from kit.train import best_evaluation
+    from kit.engine.train import best_evaluation
     creep = [0.9, 0.09, 0.0105, 0.0084, 0.0067, 0.0016, 0.0017, 0.0003]   # a run of the study (steps 0..56)
     assert best_evaluation(creep) == 7                                  # no threshold: the lowest
     assert best_evaluation(creep, 0.002) == 5                           # 0.0003 is within 0.002 of 0.0016

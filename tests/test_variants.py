@@ -4,10 +4,10 @@ reloads and merges like LoRA); and the settings they refuse."""
 import pytest
 import torch
 
-from kit.adapters import load_adapter, max_logit_diff, merge, save_adapter
-from kit.data import collate, make_task, tokenize
-from kit.models import load_model
-from kit.train import finetune, prepare_model
+from kit.engine.adapters import load_adapter, max_logit_diff, merge, save_adapter
+from kit.engine.data import collate, make_task, tokenize
+from kit.machine.models import load_model
+from kit.engine.train import finetune, prepare_model
 
 
 def _batch(tok):

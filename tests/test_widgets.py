@@ -1,4 +1,4 @@
-"""kit.widgets: each control has the description a learner (and the browser test) finds, moving
+"""kit.view.widgets: each control has the description a learner (and the browser test) finds, moving
 it calls the engine again with the new value, and a bad combination is explained, not raised.
 Without a kernel nothing is displayed, so the tests watch what the widgets call."""
 import matplotlib
@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from kit import widgets  # noqa: E402
+from kit.view import widgets  # noqa: E402
 
 
 def controls(box) -> dict:

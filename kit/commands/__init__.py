@@ -1,0 +1,2 @@
+"""The command lines: finetune, chat, gpu-check, diagnose, the notebook runner, recipes, links.
+"""

@@ -1,0 +1,326 @@
+"""Evaluation: greedy generation, exact match, validation loss, retention.
+
+Exact match rule (`answers_match`):
+  - JSON answers (task "extract", or task=None and the expected answer is a JSON object or
+    list): the whole generated answer must parse as JSON and equal the expected value
+    after parsing. Key order and whitespace do not matter; types do ("34" is not 34).
+    Text around the JSON (a ```json fence, "Here is ...") makes the answer wrong: the
+    format is part of what fine-tuning teaches.
+  - everything else ("dates", your own data): the answers are equal after strip().
+The task comes from the `task=` argument of `exact_match`, else from the expected answer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+
+from kit.engine.data import (GENERAL_PROMPTS, IGNORE_INDEX, RETENTION_PROBE, chat_prompt, collate, end_of_turn,
+                      pad_token_id)
+
+JSON_TASKS = ("extract",)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# =============================================================================== generation
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48,
+             batch_size: int = 25) -> list[str]:
+    """Greedy answers to `prompts` (chat template applied), decoded and stripped. A prompt is
+    a string (one user turn) or a conversation so far (a list of {"role", "content"} turns).
+
+    Batched with LEFT padding: every prompt ends at the last column, so the new tokens of
+    all rows start together. Generation stops at the end-of-turn token <|im_end|>.
+    Prompts are sorted by length first (less padding), answers come back in input order.
+    The tokenizer's padding side and the model's train/eval mode are restored after."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings; got one string. Use [prompt].")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    eot_id = end_of_turn(tokenizer)[1]
+    pad_id = pad_token_id(tokenizer)
+    answers: list[str | None] = [None] * len(texts)
+    old_side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(_device(model))
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eot_id, pad_token_id=pad_id)  # (B, T + new)
+            new_tokens = out[:, enc["input_ids"].shape[1]:]                 # (B, new)
+            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = text.strip()
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return answers
+
+
+# =============================================================================== exact match
+def _parse_json(text: str):
+    try:
+        return json.loads(text.strip())
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def is_json_answer(expected: str) -> bool:
+    """True if the expected answer is a JSON object or list."""
+    return isinstance(_parse_json(expected), (dict, list))
+
+
+def answers_match(got: str, expected: str, task: str | None = None) -> bool:
+    """The exact-match rule (see the module docstring)."""
+    if task in JSON_TASKS or (task is None and is_json_answer(expected)):
+        parsed = _parse_json(got)
+        return parsed is not None and parsed == _parse_json(expected)
+    return got.strip() == expected.strip()
+
+
+def exact_match(model, tokenizer, dataset, n: int | None = None, batch_size: int = 25,
+                max_new_tokens: int | None = None, task: str | None = None) -> dict:
+    """Share of the first `n` examples (all if None) of a prompt/response Dataset whose
+    greedy answer matches the response (rule: `answers_match`; `task` "dates", "extract"
+    or None = decide from the expected answer). A conversation Dataset (messages) is scored
+    on its last assistant turn, given the turns before it. max_new_tokens None -> the longest
+    expected answer in tokens + 8.
+    -> {"accuracy", "correct", "total", "examples": [{"prompt", "expected", "got", "ok"}]}"""
+    if isinstance(dataset, DatasetDict):
+        raise ValueError("dataset must be one split, e.g. data['test'], not a DatasetDict.")
+    conversations = "messages" in dataset.column_names
+    for col in () if conversations else ("prompt", "response"):
+        if col not in dataset.column_names:
+            raise ValueError(f"dataset needs a {col!r} column; it has {dataset.column_names}.")
+    if n is not None:
+        dataset = dataset.select(range(min(n, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: there is nothing to evaluate.")
+    if conversations:
+        prompts = [turns[:-1] for turns in dataset["messages"]]
+        expected = [turns[-1]["content"] for turns in dataset["messages"]]
+    else:
+        prompts, expected = list(dataset["prompt"]), list(dataset["response"])
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
+        max_new_tokens = longest + 8
+    got = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    examples = [{"prompt": p, "expected": e, "got": g, "ok": answers_match(g, e, task)}
+                for p, e, g in zip(prompts, expected, got)]
+    correct = sum(x["ok"] for x in examples)
+    return {"accuracy": correct / len(examples), "correct": correct, "total": len(examples),
+            "examples": examples}
+
+
+# =============================================================================== loss
+@torch.no_grad()
+def validation_loss(model, tokenized, pad_token_id: int, batch_size: int = 8) -> dict:
+    """Mean cross entropy over the answer tokens of a tokenized Dataset (labels != -100),
+    weighted by tokens: sum of all token losses / number of answer tokens. Computed in eval
+    mode (no dropout) without gradients; the model's mode is restored after.
+    pad_token_id: the id batches are padded with, kit.engine.data.pad_token_id(tokenizer).
+    -> {"loss", "perplexity" (= exp(loss)), "tokens"}"""
+    if "labels" not in getattr(tokenized, "column_names", []):
+        raise ValueError("validation_loss needs tokenized data (with labels); call "
+                         "kit.engine.data.tokenize(data['validation'], tokenizer) first.")
+    if len(tokenized) == 0:
+        raise ValueError("The tokenized dataset is empty: there is nothing to evaluate.")
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+            logits, mask, labels = _scored_logits(model, inputs, mask, labels)      # (B, K, V)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            tokens += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("No answer tokens to score (every label is -100).")
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+
+
+# =============================================================================== retention
+def retention(model, tokenizer, probe: list[tuple[str, str]] = RETENTION_PROBE,
+              batch_size: int = 25, max_new_tokens: int = 32) -> dict:
+    """Share of probe questions whose greedy answer contains the expected text
+    (case-insensitive). A drop after fine-tuning = forgetting.
+    -> {"score", "correct", "total", "failures": [{"question", "expected", "got"}]}"""
+    if not probe:
+        raise ValueError("probe is empty: give (question, expected substring) pairs.")
+    got = generate(model, tokenizer, [q for q, _ in probe], max_new_tokens=max_new_tokens,
+                   batch_size=batch_size)
+    failures = [{"question": q, "expected": e, "got": g}
+                for (q, e), g in zip(probe, got) if e.lower() not in g.lower()]
+    correct = len(probe) - len(failures)
+    return {"score": correct / len(probe), "correct": correct, "total": len(probe),
+            "failures": failures}
+
+
+# =============================================================================== forgetting
+def reference_answers(base, tokenizer, prompts: list[str] = GENERAL_PROMPTS,
+                      max_new_tokens: int = 32, batch_size: int = 25) -> Dataset:
+    """The base model's own greedy answers to general prompts, as a prompt/response Dataset:
+    what `divergence` scores a fine-tuned model against (generated once, before training)."""
+    answers = generate(base, tokenizer, list(prompts), max_new_tokens=max_new_tokens,
+                       batch_size=batch_size)
+    return Dataset.from_dict({"prompt": list(prompts), "response": answers})  # "" is an answer too:
+    # the end-of-turn token right away
+
+
+def _answer_batches(tokenized, pad_token_id: int, batch_size: int, device):
+    """The tokenized rows in collated batches, with the mask of answer positions: position t
+    predicts token t+1, so the mask and targets are the labels shifted by one."""
+    if "labels" not in getattr(tokenized, "column_names", []):
+        raise ValueError("scoring answers needs tokenized data (with labels); call "
+                         "kit.engine.data.tokenize(dataset, tokenizer) first.")
+    cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
+    rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size], pad_token_id).items()}
+        labels = batch["labels"][:, 1:]
+        yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, \
+            labels != IGNORE_INDEX, labels
+
+
+def _scored_logits(model, inputs: dict, mask, labels):
+    """The next-token logits, in fp32, only at the positions where some row of the batch has an
+    answer token: (B, K, V), with the mask and labels cut to the same K positions. The output
+    layer (hidden size x vocabulary) then runs on K positions, not all of them: on the bundled
+    model it is a fifth of the forward pass, and answers are short beside their prompts.
+    (transformers' `logits_to_keep` with the positions as a tensor.)"""
+    keep = mask.any(0).nonzero().squeeze(1)                                          # (K,)
+    logits = model(**inputs, logits_to_keep=keep).logits.float()                     # (B, K, V)
+    return logits, mask[:, keep], labels[:, keep]
+
+
+@torch.no_grad()
+def _log_probs(model, inputs: dict, mask, labels) -> torch.Tensor:
+    """log-softmax of the model's next-token logits at the answer positions: (n, V), fp32."""
+    logits, mask, _ = _scored_logits(model, inputs, mask, labels)
+    return F.log_softmax(logits, -1)[mask]
+
+
+@torch.no_grad()
+def reference_log_probs(reference, tokenized, pad_token_id: int, batch_size: int = 16) -> list:
+    """The reference's next-token log-probabilities on every answer token, batch by batch: pass
+    the list to `divergence` as its reference to score many models without running the
+    reference again (about 4 bytes x vocabulary per answer token)."""
+    was_training = reference.training
+    reference.eval()
+    try:
+        return [_log_probs(reference, inputs, mask, labels).cpu()
+                for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
+    finally:
+        reference.train(was_training)
+
+
+@torch.no_grad()
+def divergences(model, references: dict, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """`divergence` against several references in one pass over the data (the model's forward
+    runs once): references maps a name to a model, or to the list `reference_log_probs`
+    returned for the same data. -> {name: {"kl", "nll", "reference_nll", "tokens", "per_item_kl"}}
+    per_item_kl: each sequence's mean KL over its answer tokens (to resample prompts)."""
+    cached = {name: ref if isinstance(ref, list) else reference_log_probs(ref, tokenized, pad_token_id, batch_size)
+              for name, ref in references.items()}
+    sums = {name: {"kl": 0.0, "nll": 0.0, "reference_nll": 0.0, "per_item_kl": []} for name in cached}
+    was_training, tokens = model.training, 0
+    model.eval()
+    try:
+        for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
+                                                                   _device(model))):
+            log_q = _log_probs(model, inputs, mask, labels)                           # (n, V)
+            target = labels[mask][:, None]                                            # (n, 1)
+            row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (n,)
+            counts = mask.sum(1)                                                      # answer tokens per row
+            for name, ref in cached.items():
+                log_p = ref[i].to(log_q.device)
+                kl_tok = (log_p.exp() * (log_p - log_q)).sum(1)                       # (n,)
+                per_row = torch.zeros(mask.shape[0], device=mask.device).index_add_(0, row, kl_tok)
+                out = sums[name]
+                out["kl"] += kl_tok.sum().item()
+                out["nll"] -= log_q.gather(1, target).sum().item()
+                out["reference_nll"] -= log_p.gather(1, target).sum().item()
+                out["per_item_kl"] += (per_row / counts.clamp(min=1)).tolist()
+            tokens += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("No answer tokens to score (every label is -100).")
+    return {name: {"kl": v["kl"] / tokens, "nll": v["nll"] / tokens, "reference_nll": v["reference_nll"] / tokens,
+                   "tokens": tokens, "per_item_kl": v["per_item_kl"]} for name, v in sums.items()}
+
+
+def divergence(model, reference, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """Forgetting without generation noise. Both models read the same sequences (the general
+    prompts and the reference's own answers, teacher-forced); on every answer token we compare
+    their next-token distributions p (reference) and q (model):
+
+        kl  = mean over answer tokens of KL(p || q) = sum_v p_v (log p_v - log q_v)   (nats)
+        nll = mean over answer tokens of -log q(the reference's token)   (the model's loss on
+              the reference's answers; the reference's own nll is its floor)
+
+    Both are 0 / the floor for the reference itself, and grow as the model's weights move away.
+    reference: a model; None for a peft model, whose adapters switched off (exactly its base)
+    are then the reference; or the list `reference_log_probs` returned for the same data.
+    -> {"kl", "nll", "reference_nll", "tokens"}"""
+    if reference is None:
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("reference=None needs a peft model (its adapters switched off are the "
+                             "reference); for a fully fine-tuned model pass the base model.")
+        with model.disable_adapter():
+            reference = reference_log_probs(model, tokenized, pad_token_id, batch_size)
+    out = divergences(model, {"reference": reference}, tokenized, pad_token_id, batch_size)["reference"]
+    return {k: out[k] for k in ("kl", "nll", "reference_nll", "tokens")}
+
+
+# =============================================================================== answers, teacher-forced
+@torch.no_grad()
+def answer_scores(model, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
+    """Score each item on its reference answer (response + end-of-turn), teacher-forced, in one
+    forward pass per batch:
+
+        nll[i]   = mean over the answer's tokens of -log p(token | prompt, answer so far)
+        exact[i] = every answer token is the model's most likely next token
+
+    exact[i] holds exactly when greedy decoding writes the reference answer token for token and
+    stops (each greedy step sees the same prefix as the teacher-forced one): an exact match
+    without generating, stricter than a text comparison that forgives formatting. The NLL is a
+    continuous score, so two methods can differ on it where both get an item right or wrong.
+    -> {"nll": [per item], "exact": [per item], "mean_nll", "accuracy", "tokens"}"""
+    if "labels" not in getattr(tokenized, "column_names", []):
+        raise ValueError("answer_scores needs tokenized data (with labels); call "
+                         "kit.engine.data.tokenize(data['test'], tokenizer) first.")
+    nll, exact, tokens = [], [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+            logits, mask, labels = _scored_logits(model, inputs, mask, labels)           # (B, K, V)
+            loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, K)
+            hit = (logits.argmax(-1) == labels) | ~mask                                  # non-answer: ignored
+            counts = mask.sum(1)
+            nll += ((loss * mask).sum(1) / counts.clamp(min=1)).tolist()
+            exact += hit.all(1).tolist()
+            tokens += int(counts.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("No answer tokens to score (every label is -100).")
+    return {"nll": nll, "exact": exact, "mean_nll": statistics.fmean(nll),
+            "accuracy": sum(exact) / len(exact), "tokens": tokens}
