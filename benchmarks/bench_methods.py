@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from kit.arch import DEFAULT_LR  # noqa: E402
 from kit.engine.data import batches, make_task, tokenize  # noqa: E402
+from kit.engine.train import TrainConfig, finetune, precision  # noqa: E402
 from kit.machine.device import profile  # noqa: E402
 from kit.machine.models import load_model  # noqa: E402
-from kit.arch import DEFAULT_LR  # noqa: E402
-from kit.engine.train import TrainConfig, finetune, precision  # noqa: E402
 
 MB = 1e6
 

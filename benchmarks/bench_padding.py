@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.engine.data import make_task  # noqa: E402
+from kit.engine.train import finetune  # noqa: E402
 from kit.machine.device import profile  # noqa: E402
 from kit.machine.models import load_model  # noqa: E402
-from kit.engine.train import finetune  # noqa: E402
 
 
 def main() -> int:

@@ -22,23 +22,26 @@ import sys
 
 from kit.errors import command
 
+# commands with a parser of their own (one option per recipe knob: kit.commands.recipe), loaded
+# only when called: they bring the training stack
+OWN_PARSER = {"finetune": "kit.commands.finetune", "chat": "kit.commands.chat", "diagnose": "kit.commands.diagnose"}
+
 
 @command
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["finetune"]:  # its own parser: one option per recipe knob (kit.commands.recipe)
-        from kit.commands.finetune import main as finetune_main  # loads the training stack: lazy
-        return finetune_main(argv[1:])
-    if argv[:1] == ["chat"]:
-        from kit.commands.chat import main as chat_main
-        return chat_main(argv[1:])
-    if argv[:1] == ["diagnose"]:  # recipe knobs too, as finetune takes them
-        from kit.commands.diagnose import main as diagnose_main
-        return diagnose_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error too (any command, before or after it)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    if argv[:1] and argv[0] in OWN_PARSER:
+        import importlib
+        return importlib.import_module(OWN_PARSER[argv[0]]).main(argv[1:])
+    args = parser().parse_args(argv)
+    return HANDLERS[args.command](args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error too (any command, before or after it)")
+    sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="convert the bundled model once (offline)")
     sub.add_parser("device", help="print the device profile, dtype policy and bitsandbytes 4-bit check")
     run = sub.add_parser("run", help="execute every notebook headless and write a report")
@@ -71,47 +74,63 @@ def main(argv: list[str]) -> int:
     gpu.add_argument("--random-weights", action="store_true",
                      help="build the model's architecture with random weights (no download; "
                           "memory and speed as the real model's)")
-    args = parser.parse_args(argv)
+    return p
 
-    if args.command == "prepare":
-        from kit.machine.models import ensure_bundled, ensure_tiny
-        print(f"bundled model: {ensure_bundled()}")
-        print(f"tiny-llama   : {ensure_tiny()}")
-        return 0
-    if args.command == "device":
-        from kit.machine.bnb_check import preflight
-        from kit.machine.device import profile
-        print(profile().summary())
-        report = preflight()   # bitsandbytes' 4-bit against kit.scratch.quant and a backward pass
-        print(report.line if report else "bitsandbytes is not installed: no 4-bit here")
-        return 0
-    if args.command == "run":
-        from kit.commands.runner import run as run_all
-        summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
-        return 0 if summary.ok else 1
-    if args.command == "lessons":
-        from kit.view.lessons import main as lessons_main
-        return lessons_main(["--run", args.run] if args.run else [])
-    if args.command == "study":
-        from kit.study import run as study, plots as study_plots, report as study_report
-        from kit.files import RUNS
-        out = args.out or RUNS / ("study-quick" if args.quick else "study")
-        summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
-        study_plots.save_all(summary, f"{out}/figures")
-        print(study_report.report(summary))
-        print(f"written to {out}/study.json and {out}/figures/")
-        return 0
-    if args.command == "gpu-check":
-        from kit.commands.gpu_check import main as gpu_main
-        return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,
-                        recipe=args.recipe, random_weights=args.random_weights,
-                        methods=args.methods.split(",") if args.methods is not None else None)
-    if args.command == "sync-links":
-        from kit.commands.links import sync
-        for path in sync():
-            print(f"updated {path}")
-        return 0
-    return 2
+
+def _prepare(args) -> int:
+    from kit.machine.models import ensure_bundled, ensure_tiny
+    print(f"bundled model: {ensure_bundled()}")
+    print(f"tiny-llama   : {ensure_tiny()}")
+    return 0
+
+
+def _device(args) -> int:
+    from kit.machine.bnb_check import preflight
+    from kit.machine.device import profile
+    print(profile().summary())
+    report = preflight()   # bitsandbytes' 4-bit against kit.scratch.quant and a backward pass
+    print(report.line if report else "bitsandbytes is not installed: no 4-bit here")
+    return 0
+
+
+def _run(args) -> int:
+    from kit.commands.runner import run as run_all
+    summary = run_all(quick=args.quick, only=args.only, folder=args.out, start=args.start)
+    return 0 if summary.ok else 1
+
+
+def _lessons(args) -> int:
+    from kit.view.lessons import main as lessons_main
+    return lessons_main(["--run", args.run] if args.run else [])
+
+
+def _study(args) -> int:
+    from kit.files import RUNS
+    from kit.study import plots as study_plots, report as study_report, run as study
+    out = args.out or RUNS / ("study-quick" if args.quick else "study")
+    summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
+    study_plots.save_all(summary, f"{out}/figures")
+    print(study_report.report(summary))
+    print(f"written to {out}/study.json and {out}/figures/")
+    return 0
+
+
+def _gpu_check(args) -> int:
+    from kit.commands.gpu_check import main as gpu_main
+    return gpu_main(steps=args.steps, model=args.model, allow_cpu=args.allow_cpu, out=args.out,
+                    recipe=args.recipe, random_weights=args.random_weights,
+                    methods=args.methods.split(",") if args.methods is not None else None)
+
+
+def _sync_links(args) -> int:
+    from kit.commands.links import sync
+    for path in sync():
+        print(f"updated {path}")
+    return 0
+
+
+HANDLERS = {"prepare": _prepare, "device": _device, "run": _run, "lessons": _lessons, "study": _study,
+            "gpu-check": _gpu_check, "sync-links": _sync_links}
 
 
 if __name__ == "__main__":

@@ -71,6 +71,18 @@ def run_notebook(name: str, folder, **overrides) -> dict:
     return json.loads((folder / "results" / f"{name}.json").read_text())
 
 
+def recorded_run(name: str):
+    """A module fixture: notebooks/<name>.ipynb run once with its smoke parameters for all the
+    tests of a file, each asserting one claim. -> (folder, the smoke parameters, the results)."""
+    @pytest.fixture(scope="module")
+    def recorded(tmp_path_factory):
+        from kit.commands.runner import NOTEBOOKS, smoke_parameters
+
+        folder = tmp_path_factory.mktemp(f"run{name[:2]}")
+        return folder, smoke_parameters(NOTEBOOKS / f"{name}.ipynb"), run_notebook(name, folder)
+    return recorded
+
+
 # The longest test files (a few minutes each on 2 cores), longest first: run first, so that
 # under pytest-xdist no worker is left with a long file at the end while the other waits.
 LONGEST_FIRST = ["test_notebooks_06.py", "test_notebooks_07.py", "test_notebooks_08.py", "test_notebooks_02.py",

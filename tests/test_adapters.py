@@ -3,11 +3,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kit.engine.adapters import (adapter_names, disable_adapter, load_adapter, logits, max_logit_diff,
-                          merge, save_adapter, save_full, set_adapter)
+from kit.engine.adapters import (adapter_names, disable_adapter, load_adapter, logits, max_logit_diff, merge,
+                                 save_adapter, save_full, set_adapter)
 from kit.engine.data import collate, tokenize
-from kit.machine.models import load_model
 from kit.engine.train import is_4bit, prepare_model
+from kit.machine.models import load_model
 
 # QLoRA merge tolerance: the adapter model dequantizes the same NF4 weights on the fly, so in
 # fp32 (CPU) merged and unmerged logits agree to float rounding; in fp16/bf16 (GPU) to ~1e-2.

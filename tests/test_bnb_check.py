@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-from kit.machine import bnb_check
-from kit.scratch import quant
 from kit.engine.adapters import load_adapter, logits, merge, save_adapter
 from kit.engine.data import pad_token_id, tokenize
 from kit.engine.evaluate import validation_loss
-from kit.machine.models import load_model, resolve
 from kit.engine.train import finetune
+from kit.machine import bnb_check
+from kit.machine.models import load_model, resolve
+from kit.scratch import quant
 
 FAST = dict(max_steps=6, per_device_train_batch_size=2, warmup_steps=0, lora_dropout=0.0,
             lr_scheduler_type="constant_with_warmup", eval_steps=0, disable_tqdm=True)

@@ -5,8 +5,8 @@ import torch
 
 from kit.engine import checkpoint
 from kit.engine.data import make_task
-from kit.machine.models import load_model
 from kit.engine.train import finetune
+from kit.machine.models import load_model
 
 DATA = make_task("dates", n_train=24, n_val=8, n_test=0, seed=0)
 RUN = dict(max_steps=6, per_device_train_batch_size=4, eval_steps=3, save_steps=2, disable_tqdm=True,
@@ -80,6 +80,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     from conftest import micro_llama
+
     from kit.engine.train import prepare_model
 
     saved = train(tmp_path / "run", stop_after=2)

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from test_finetune_cli import ROOT, SMOKE, _env
 from test_formats import CHAT, write_jsonl
 

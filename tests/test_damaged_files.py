@@ -9,11 +9,11 @@ from safetensors.torch import save_file
 
 from kit.engine import checkpoint
 from kit.engine.adapters import load_adapter, save_adapter, save_full
-from kit.files import DamagedFileError, check_tensors, read_tensors
 from kit.engine.data import make_task
+from kit.engine.train import finetune, prepare_model
+from kit.files import DamagedFileError, check_tensors, read_tensors
 from kit.machine.models import load_model
 from kit.scratch.quant import quantize
-from kit.engine.train import finetune, prepare_model
 
 DATA = make_task("dates", n_train=24, n_val=8, n_test=0, seed=0)
 RUN = dict(max_steps=6, per_device_train_batch_size=4, save_steps=2, disable_tqdm=True, seed=0)

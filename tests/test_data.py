@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from kit.engine import data as kd
-from kit.engine import formats as kf
+from kit.engine import data as kd, formats as kf
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -462,6 +461,7 @@ def test_pad_token_id_is_the_pad_token_else_the_end_of_turn(tokenizer):
 
 def test_group_by_length_keeps_every_example_and_cuts_padding(tokenizer):
     import random as _random
+
     from datasets import Dataset
 
     lengths = [5 + (7 * i) % 90 for i in range(64)]
@@ -487,6 +487,7 @@ def test_group_by_length_keeps_every_example_and_cuts_padding(tokenizer):
 def test_padding_does_not_change_the_loss(tiny):
     """The same examples batched randomly or by length give the same token-weighted loss."""
     import random as _random
+
     from datasets import Dataset
 
     from kit.engine.evaluate import validation_loss

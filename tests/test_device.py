@@ -70,6 +70,7 @@ def test_capability_override_parses_and_refuses_clearly():
 def test_profile_follows_the_override_on_cuda(monkeypatch):
     """An H100-like GPU told to follow a T4's policy trains in fp16 with a scaler."""
     import types
+
     from kit.machine import device as D
     props = types.SimpleNamespace(name="Fake H100", major=9, minor=0, total_memory=80 * 2**30)
     monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)

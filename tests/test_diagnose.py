@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_cli_errors import kit, one_error_line
 
-from kit.commands import diagnose as dg
-from kit.commands import recipe as recipes
+from kit.commands import diagnose as dg, recipe as recipes
 from kit.engine.data import IGNORE_INDEX, collate, end_of_turn, make_task, pad_token_id, tokenize
 from kit.engine.train import prepare_model
-from test_cli_errors import kit, one_error_line
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from kit.engine import data as kd
-from kit.engine import evaluate as ke
+from kit.engine import data as kd, evaluate as ke
 
 
 # ----------------------------------------------------------------------------- generation

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.engine import checkpoint
 from kit.commands import finetune as finetune_cli
+from kit.engine import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["--model", "tiny-llama", "--max_steps", "4", "--per_device_train_batch_size", "2", "--n_train", "16",

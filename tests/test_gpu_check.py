@@ -54,9 +54,9 @@ def test_recipe_settings_reach_the_check(monkeypatch, tmp_path):
 def test_random_weights_model_has_the_architecture_and_trains(tmp_path, monkeypatch):
     """ensure_random builds the named architecture with random weights; a check with
     checkpointing on runs on it, and its ledger still meets the estimate."""
-    from kit.machine import models
     from kit.arch import Arch, param_count
     from kit.engine.train import TrainConfig
+    from kit.machine import models
     bundled = models.ensure_bundled()            # the tokenizer comes from here
     monkeypatch.setattr(models, "ensure_bundled", lambda: bundled)
     monkeypatch.setenv("KIT_CACHE", str(tmp_path))

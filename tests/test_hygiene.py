@@ -92,4 +92,4 @@ def test_the_kit_keeps_its_layers():
 
     lint = P(sys.executable).with_name("lint-imports")
     done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 0 and " kept, 0 broken" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]

@@ -5,21 +5,11 @@ import math
 
 import pytest
 import torch
-
-from conftest import micro_llama as tiny_llama
 import torch.nn as nn
+from conftest import micro_llama as tiny_llama
 
-
-from kit.scratch.lora import (  # noqa: E402
-    LoRALinear,
-    inject,
-    lora_parameter_count,
-    merge_all,
-    trainable_parameters,
-    unmerge_all,
-)
-
-
+from kit.scratch.lora import (LoRALinear, inject, lora_parameter_count, merge_all,  # noqa: E402
+                              trainable_parameters, unmerge_all)
 
 
 class Block(nn.Module):
@@ -278,8 +268,8 @@ def test_loftq_factors_are_the_best_rank_r_approximation():
 
 def test_loftq_starts_a_qlora_model_closer_to_the_full_precision_one():
     from kit.engine.adapters import init_loftq, logits
-    from kit.machine.models import load_model
     from kit.engine.train import prepare_model
+    from kit.machine.models import load_model
     full, tok = load_model("tiny-llama")
     batch = tok(["Double 3", "What is the capital of France?"], return_tensors="pt", padding=True)
     target = logits(full, batch)

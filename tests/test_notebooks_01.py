@@ -3,19 +3,11 @@
 import math
 
 import pytest
+from conftest import assert_exercises, recorded_run
 
-from conftest import assert_exercises, run_notebook
-from kit.commands.runner import NOTEBOOKS
-from kit.commands.runner import smoke_parameters
 from kit.scratch.stats import wilson
 
-NB = NOTEBOOKS / "01_full_finetuning.ipynb"
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run01")
-    return folder, smoke_parameters(NB), run_notebook("01_full_finetuning", folder)
+recorded = recorded_run("01_full_finetuning")
 
 
 @pytest.mark.notebook

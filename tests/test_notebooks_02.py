@@ -2,17 +2,14 @@
 import json
 
 import pytest
+from conftest import assert_exercises, recorded_run, run_notebook
 
-from conftest import assert_exercises, run_notebook
 from kit.commands.runner import NOTEBOOKS, smoke_parameters
 
 NB = NOTEBOOKS / "02_lora_from_scratch.ipynb"
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run02")
-    return folder, run_notebook("02_lora_from_scratch", folder)
+recorded = recorded_run("02_lora_from_scratch")
 
 
 @pytest.mark.notebook
@@ -64,7 +61,7 @@ def test_the_kit_and_peft_agree_with_the_hand_written_layer(recorded):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_a_real_update_is_nearly_low_rank(recorded):
-    folder, res = recorded
+    folder, _, res = recorded
     params = smoke_parameters(NB)
     assert res["update_source"] == "here" and res["task_of_update"] == "dates"  # no 01 in this folder
     assert res["update_steps"] == params["SVD_STEPS"]
@@ -87,7 +84,7 @@ def test_exercises(recorded):
     rising = facts["energy_by_step"][-1] > facts["energy_by_step"][0]
     assert_exercises(res, wrong={1: ["b0_diff", "effect"], 2: 552_960,   # 2: v_proj taken as 576 x 576
                                  3: [layer, "less" if rising else "more"]})
-    from kit.view import check                              # and the other half of exercise 3's answer
+    from kit.view import check  # and the other half of exercise 3's answer
     assert check.check_of("02", 3)(["last" if layer == "first" else "first", longer], **facts) is False
 
 

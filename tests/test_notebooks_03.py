@@ -1,19 +1,11 @@
 """03 · LoRA in practice, run headless with its smoke parameters; assertions on what it recorded."""
 
 import pytest
+from conftest import assert_exercises, recorded_run
 
-from conftest import assert_exercises, run_notebook
-from kit.view.notebook import REPO_ROOT
-from kit.commands.runner import NOTEBOOKS
-from kit.commands.runner import smoke_parameters
+from kit.files import REPO_ROOT
 
-NB = NOTEBOOKS / "03_lora_in_practice.ipynb"
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run03")
-    return folder, smoke_parameters(NB), run_notebook("03_lora_in_practice", folder)
+recorded = recorded_run("03_lora_in_practice")
 
 
 @pytest.mark.notebook

@@ -1,14 +1,15 @@
 """06 · Which one should you use?, run headless; assertions on what it recorded.
 
-Both tests read a quick study (`python -m kit study --quick`, made once for the module). The
-first runs the smoke parameters on the bundled model (its own short runs). The second runs the
-notebook twice on tiny-llama with another RANK and GPU and checks that the tables move with
-them: nothing in them is typed by hand."""
+Every test reads a quick study (`python -m kit study --quick`, made once for the module). One run
+of the notebook with its smoke parameters on the bundled model is asserted claim by claim; the
+last test runs it twice on tiny-llama with another RANK and GPU and checks that the tables move
+with them: nothing in them is typed by hand."""
+
+import json
+from pathlib import Path
 
 import pytest
-
 from conftest import assert_exercises, run_notebook
-
 
 NAME = "06_choosing_a_method"
 
@@ -26,13 +27,24 @@ def run(folder, study, **overrides):
     return run_notebook(NAME, folder, STUDY=str(study), **overrides)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
-def test_choosing_notebook(tmp_path, smoke_study):
-    import json
-    res = run(tmp_path, smoke_study)
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, smoke_study):
+    """The notebook's smoke run, reading the quick study: (folder, results, the study's summary)."""
+    folder = tmp_path_factory.mktemp("run06")
+    return folder, run(folder, smoke_study), json.loads(smoke_study.read_text())
+
+
+def overview(res) -> dict:
     rows = {r["method"]: r for r in res["overview_rows"]}
     assert set(rows) == {"full", "lora", "qlora"}
+    return rows
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_memory_and_the_share_trained_order_the_methods(recorded):
+    _, res, _ = recorded
+    rows = overview(res)
     full, lora, qlora = rows["full"], rows["lora"], rows["qlora"]
     # weight memory: QLoRA's 4-bit base is the smallest. On a CPU LoRA's frozen base stays fp32,
     # so LoRA holds full's weights plus its adapters; with a GPU's dtypes full > lora > qlora.
@@ -45,6 +57,11 @@ def test_choosing_notebook(tmp_path, smoke_study):
     assert 0 < lora["trainable_share"] < 0.05 and full["trainable_share"] == pytest.approx(1.0)
     assert full["bytes_per_param"] > lora["bytes_per_param"] > qlora["bytes_per_param"]
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_estimators_7b_figures_against_the_seeds(recorded):
+    _, res, _ = recorded
     # the estimator's 7B figures against the seed's
     seven = res["estimate_7b_gb"]
     assert seven["full-amp"] == pytest.approx(120, rel=0.15)
@@ -55,12 +72,22 @@ def test_choosing_notebook(tmp_path, smoke_study):
     notes = {(r["size"], r["method"]): r["note"] for r in res["seed_table"]}
     assert "floor" in notes[("7B", "qlora-4")] and "A and B" in notes[("7B", "qlora-4")]
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_estimated_equals_measured_on_the_bundled_model(recorded):
+    _, res, _ = recorded
     # estimated against measured on the bundled model: weights, gradients, optimizer agree
     for method, table in res["estimate_vs_measured"].items():
         by = {r["component"]: r for r in table}
         for comp in ("weights", "gradients", "optimizer"):
             assert by[comp]["ratio"] == pytest.approx(1, rel=0.05), (method, comp)
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_calculator_fits_7b_qlora_on_a_t4_and_the_figures(recorded):
+    tmp_path, res, _ = recorded
     calc = res["calculator"]
     assert calc["settings"]["gpu"] == "T4" and calc["fits"] is True      # 7B QLoRA on a T4
     assert calc["largest"]["qlora"]["params"] > calc["largest"]["lora"]["params"] > calc["largest"]["full"]["params"]
@@ -68,10 +95,16 @@ def test_choosing_notebook(tmp_path, smoke_study):
                 "06_study_plane", "06_study_matched", "06_study_loss_bands"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_quality_comes_from_the_study_with_its_verdicts(recorded):
+    _, res, summary = recorded
+    rows = overview(res)
     # quality comes from the study, with its intervals and the comparisons' verdicts
-    summary = json.loads(smoke_study.read_text())
     study = res["study"]
-    assert study["path"] == str(smoke_study) and study["smoke"] is True and study["reference"] is False
+    assert json.loads(Path(study["path"]).read_text()) == summary       # the quick study it was given
+    assert study["smoke"] is True and study["reference"] is False
     assert study["hardware"] == summary["hardware"] and study["recorded_at"] == summary["recorded_at"]
     assert "quick study" in study["label"] and "recorded on" not in study["label"]
     assert set(study["methods"]) == {"full", "lora", "qlora"} and "qlora-loftq" in study["arms"]
@@ -93,6 +126,11 @@ def test_choosing_notebook(tmp_path, smoke_study):
         assert f"{c['a']} vs {c['b']}, {c['metric']}" in res["decision"]
     assert study["lr_ratio"]["lora/full"] == pytest.approx(study["methods"]["lora"]["chosen_lr"] / study["methods"]["full"]["chosen_lr"])
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_decision_names_the_estimators_error_band(recorded):
+    _, res, _ = recorded
     # the decision names the estimator's error band where the headroom is smaller than it
     band = res["peak_band"]
     assert 1.05 < band < 1.2                                  # CUDA peak / estimate on the H200
@@ -103,6 +141,11 @@ def test_choosing_notebook(tmp_path, smoke_study):
     assert res["decision_band"]["qlora"]["7b_inside_band"] is False
     assert "error band" in res["decision"]
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_exercises_check_both_ways(recorded):
+    _, res, _ = recorded
     assert_exercises(res, wrong={1: (["full-amp", "lora"], False), 2: (8192, 8192), 3: 10.0})
 
 

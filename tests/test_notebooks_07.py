@@ -5,22 +5,16 @@ table behaves as DDP and FSDP do; the exercises' checks pass with their solution
 a wrong answer."""
 
 import pytest
+from conftest import assert_exercises, recorded_run
 
-from conftest import assert_exercises, run_notebook
-from kit.commands.runner import NOTEBOOKS
-from kit.commands.runner import smoke_parameters
-
-NB = NOTEBOOKS / "07_scaling_out.ipynb"
-NAME = "07_scaling_out"
+recorded = recorded_run("07_scaling_out")
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_scaling_out_notebook(tmp_path):
-    params = smoke_parameters(NB)
-    res = run_notebook(NAME, tmp_path)
+def test_a_stopped_command_resumes_into_the_uninterrupted_run(recorded):
+    tmp_path, params, res = recorded
     steps = params["STEPS"]
-
     # 1. the command, stopped half-way and run again: one continuous history, exactly the
     # uninterrupted run's losses (a CPU is deterministic), only safetensors and text files
     resume = res["resume"]
@@ -33,6 +27,12 @@ def test_scaling_out_notebook(tmp_path):
     assert not [f for f in res["run_files"] if f.endswith((".bin", ".pt", ".pkl"))]
     assert res["recipe"]["model"] == params["MODEL"] and res["recipe"]["max_steps"] == steps
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_two_processes_see_different_batches_and_end_equal(recorded):
+    tmp_path, params, res = recorded
+    steps = params["STEPS"]
     # 2. two processes: different batches, identical weights, the one-process stream shared out
     dp = res["data_parallel"]
     assert res["different_data"] is True and res["same_weights"] is True
@@ -43,6 +43,11 @@ def test_scaling_out_notebook(tmp_path):
     assert two["examples_per_step"] == 2 * one["examples_per_step"]
     assert one["examples_per_s"] > 0 and two["examples_per_s"] > 0
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_per_gpu_memory_ddp_flat_fsdp_falling(recorded):
+    tmp_path, params, res = recorded
     # 3. per-GPU memory: DDP flat, FSDP falling, below DDP from 2 GPUs (JSON keys are strings)
     gb = res["per_gpu_gb"]
     assert set(gb) == {"llama-2-7b", "llama-2-13b", "llama-2-70b"}
@@ -63,11 +68,21 @@ def test_scaling_out_notebook(tmp_path):
     assert widget["per_gpu_gb"]["qlora"]["gathered_layer"] > 0
     assert res["ddp_bucket_copy_7b_full_2gpus_gb"] > gb["llama-2-7b"]["full"]["ddp"]["2"]
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_fsdp_divides_the_4_bit_base_ddp_does_not(recorded):
+    tmp_path, params, res = recorded
     # 4. QLoRA across GPUs: FSDP divides the 4-bit base, DDP does not
     q = res["qlora_70b_gb"]
     assert q["ddp x2"] == pytest.approx(q["ddp x1"]) and q["fsdp x2"] < q["ddp x2"] / 1.5
     assert res["qlora_70b_fewest_24gb"] == 2
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_gpu_check_ledger_equals_the_estimate_on_a_cpu(recorded):
+    tmp_path, params, res = recorded
     # 5. the GPU check ran on the CPU: the ledger and the estimate agree, no CUDA peak
     check = {r["method"]: r for r in res["gpu_check"]}
     assert "lora" in check
@@ -75,14 +90,25 @@ def test_scaling_out_notebook(tmp_path):
         assert r["device"] == "cpu" and r["cuda_peak_mb"] is None
         assert r["ratio"] == pytest.approx(1, rel=0.05)
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_its_figures_and_timings(recorded):
+    tmp_path, params, res = recorded
     for fig in ("07_resume", "07_data_parallel", "07_per_gpu_by_count", "07_per_gpu"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
     assert res["hardware"] and set(res["seconds"]) >= {"first_half", "second_half", "one_process",
                                                        "two_processes", "gpu_check", "notebook", "ex1", "ex3"}
 
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_exercises_check_both_ways(recorded):
+    tmp_path, params, res = recorded
     # exercises: half the batch on two processes = the one-process examples, but not its losses;
     # the Ctrl-C checkpointed the finished steps and the same command resumed there
     ex = {int(k): v["facts"] for k, v in res["exercises"].items()}
+    resume, fewest = res["resume"], res["fewest_gpus_fsdp"]
     assert ex[1]["stream_rebuilt"] is True and ex[1]["same_examples"] is True
     assert ex[1]["identical"] is False and 0 < ex[1]["max_loss_diff"] < 0.5 * resume["losses"][0]
     assert (ex[2]["fewest_lora_70b"], ex[2]["fewest_full_8b"]) == (fewest["llama-2-70b"]["lora"]["A100-80GB"], 2)

@@ -1,25 +1,15 @@
-"""Tests for kit/scratch/quant.py: code books, storage cost, error behaviour, bnb parity."""
+"""Tests for kit/scratch/quant/: code books, storage cost, error behaviour, bnb parity."""
 
 import copy
 import math
 
 import pytest
 import torch
-
-from conftest import micro_llama as tiny_llama
 import torch.nn as nn
+from conftest import micro_llama as tiny_llama
 
-
-from kit.scratch.quant import (  # noqa: E402
-    error_report,
-    fake_quantize_model,
-    fp4_codebook,
-    max_abs_error,
-    mse,
-    nf4_codebook,
-    quantize,
-    sqnr_db,
-)
+from kit.scratch.quant import (error_report, fake_quantize_model, fp4_codebook, max_abs_error,  # noqa: E402
+                               mse, nf4_codebook, quantize, sqnr_db)
 
 bnbF = pytest.importorskip("bitsandbytes.functional")
 

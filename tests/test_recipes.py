@@ -9,9 +9,8 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from kit.commands import finetune as finetune_cli
-from kit.commands import recipe as recipes
 from kit.arch import GPUS
+from kit.commands import finetune as finetune_cli, recipe as recipes
 from kit.commands.recipe import KNOBS, RecipeError
 from kit.engine.train import TrainConfig
 

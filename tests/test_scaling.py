@@ -4,8 +4,7 @@ import dataclasses
 import pytest
 
 from kit import arch as A
-from kit.machine import memory as M
-from kit.machine import scaling as S
+from kit.machine import memory as M, scaling as S
 
 SIZES = ("llama-2-7b", "llama-2-13b", "llama-2-70b")
 

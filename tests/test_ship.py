@@ -3,12 +3,12 @@ tiny-llama; what the kit exports loads in plain transformers and plain peft."""
 import pytest
 import torch
 from peft import PeftModel
+from test_adapters import sample_batch, with_adapter
 from transformers import AutoModelForCausalLM
 
 from kit.commands import chat
 from kit.engine.adapters import load_adapter, logits, save_adapter, save_merged
 from kit.machine.models import load_model
-from test_adapters import sample_batch, with_adapter
 
 
 @pytest.fixture

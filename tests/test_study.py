@@ -9,11 +9,11 @@ import zlib
 import pytest
 import torch
 
-from kit.study import run as study, plots as study_plots, report as study_report
 from kit.engine.data import tokenize
 from kit.engine.evaluate import divergence, reference_answers
-from kit.machine.models import load_model
 from kit.engine.train import best_evaluation, prepare_model
+from kit.machine.models import load_model
+from kit.study import plots as study_plots, report as study_report, run as study
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from kit.machine.device import make_profile
-from kit.machine.models import load_model
 from kit.arch import DEFAULT_LR
 from kit.engine.train import TrainConfig, finetune, linear_names, lr_at, precision, prepare_model
+from kit.machine.device import make_profile
+from kit.machine.models import load_model
 
 
 def doubling(n_train=8, n_val=4):
@@ -229,6 +229,7 @@ def test_a_batch_that_cannot_fit_on_the_gpu_is_refused(tiny_shared, monkeypatch)
 # ---------------------------------------------------------------------------- early stopping
 def test_plateau_is_read_from_the_evaluations_so_far():
     from types import SimpleNamespace
+
     from kit.engine.train import Run
     cfg = TrainConfig(early_stopping_patience=2, early_stopping_threshold=0.01)
     run = lambda losses: Run.plateaued(SimpleNamespace(config=cfg, history=SimpleNamespace(

@@ -6,8 +6,8 @@ import torch
 
 from kit.engine.adapters import load_adapter, max_logit_diff, merge, save_adapter
 from kit.engine.data import collate, make_task, tokenize
-from kit.machine.models import load_model
 from kit.engine.train import finetune, prepare_model
+from kit.machine.models import load_model
 
 
 def _batch(tok):

@@ -19,25 +19,23 @@ import os
 import shutil
 import sys
 import time
-import warnings
 import zlib
 from pathlib import Path
 
 import torch
 import yaml
 
-from kit.engine import checkpoint
+from kit.arch import METHODS
 from kit.commands import recipe as recipes
+from kit.engine import checkpoint
 from kit.engine.adapters import save_adapter, save_full
-from kit.engine.data import make_task
+from kit.engine.evaluate import exact_match
+from kit.engine.train import finetune
 from kit.errors import command
 from kit.files import read_json, write_json
-from kit.scratch.lora import trainable_parameters
-from kit.engine.formats import SkippedRowsWarning, load_hub, load_local
 from kit.machine.device import profile
-from kit.engine.evaluate import exact_match
 from kit.machine.models import load_model, parameter_count
-from kit.engine.train import finetune
+from kit.scratch.lora import trainable_parameters
 
 
 def _world() -> int:
@@ -49,36 +47,9 @@ def _accelerator():
     if _world() <= 1:
         return None
     from accelerate import Accelerator  # only under a multi-process launch
+
     # On a CPU, accelerate only forms a process group (gloo) when told it is on the CPU.
     return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def _data(recipe: dict):
-    columns = dict(prompt_column=recipe["prompt_column"], response_column=recipe["response_column"],
-                   seed=recipe["seed"], skip_bad_rows=recipe["skip_bad_rows"])
-    if recipe["data_file"]:
-        return load_local(recipe["data_file"], **columns)
-    if recipe["hub_dataset"]:
-        return load_hub(recipe["hub_dataset"], **columns)
-    n_test = max(recipe["eval_examples"], 1)
-    return make_task(recipe["task"], n_train=recipe["n_train"], n_val=recipe["n_val"],
-                     n_test=n_test, seed=recipe["seed"])
-
-
-def _checked_data(recipe: dict, say) -> tuple:
-    """(the data, the number of rows skipped), read before any model loads: a row that cannot
-    be used stops the run here (or, with skip_bad_rows, is skipped and counted in one line)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedRowsWarning)
-        data = _data(recipe)
-    skipped = 0
-    for w in caught:
-        if isinstance(w.message, SkippedRowsWarning):
-            say(str(w.message))
-            skipped += w.message.count
-        else:  # any other warning, shown as it would have been
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return data, skipped
 
 
 def _knobs(recipe: dict) -> dict:
@@ -127,59 +98,26 @@ def _weights_crc(model) -> int:
 def run(recipe: dict) -> dict:
     """Train as the (checked) recipe says; returns the summary."""
     folder = recipes.output_dir(recipe)
-    accelerator = _accelerator()
-    main = accelerator is None or accelerator.is_main_process
-    rank = accelerator.process_index if accelerator else 0
-    world = accelerator.num_processes if accelerator else 1
-    say = print if main else (lambda *a, **k: None)
-    if accelerator is not None and torch.cuda.is_available():
-        torch.cuda.set_device(accelerator.local_process_index)  # one GPU per process
-    data, skipped = _checked_data(recipe, say)
-
-    if main:
-        if not recipe["resume"] and (folder / "checkpoints").exists():
-            shutil.rmtree(folder / "checkpoints")
-            say(f"resume: false -> removed the old checkpoints in {folder}")
-        _check_same_recipe(folder, recipe)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "recipe.yaml").write_text(recipes.render(
-            _knobs(recipe), f"Recipe '{recipe['_name']}' as run (from {recipe['_source']})."))
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-
+    procs = _processes()
+    say = procs["say"]
+    data, skipped = recipes.read_data(recipe, say)
+    if procs["main"]:
+        _prepare_folder(folder, recipe, say)
+    procs["wait"]()
     prof = profile()
-    say(f"recipe  : {recipe['_name']} ({recipe['_source']}) -> {folder}")
-    say(f"machine : {prof.summary().splitlines()[0]}" + (f"; {world} processes" if world > 1 else ""))
-    est = recipes.estimate_for(recipe) if prof.device == "cuda" else None
-    if est is not None:
-        say(f"estimate: {est.total / 1e9:.1f} GB for one step (kit.machine.memory: weights {est.weights / 1e9:.1f} GB, "
-            f"batch {recipe['per_device_train_batch_size']} x {recipe['max_length']} tokens, 16-bit GPU dtypes)")
-    quant = None if recipe["quantization"] == "none" else recipe["quantization"]
-    # FSDP shards float tensors of one dtype: pack the 4-bit codes into the compute dtype
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    storage = prof.compute_dtype if fsdp and quant in ("nf4", "fp4") else None
-    if storage is not None:
-        say(f"fsdp    : 4-bit codes stored as {str(storage).replace('torch.', '')} so FSDP can shard them")
-    model, tokenizer = load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"],
-                                  quant_storage=storage)
+    model, tokenizer = _load(recipe, prof, folder, procs, say)
     config = recipes.train_config(recipe, disable_tqdm=recipe["disable_tqdm"] or not sys.stderr.isatty())
     n_eval = min(recipe["eval_examples"], len(data["test"])) if "test" in data else 0
-
     base_file = folder / "base_eval.json"  # the base model's score, once per run (kept on resume)
-    if main and base_file.exists() and not checkpoint.checkpoints(folder / "checkpoints"):
-        base_file.unlink()  # a fresh start: score this base, not the previous run's
-    if n_eval and main and not base_file.exists():
-        say(f"scoring the base model on {n_eval} test examples ...")
-        base = exact_match(model, tokenizer, data["test"], n=n_eval)
-        write_json(base_file, {k: base[k] for k in ("accuracy", "correct", "total")})
-
+    if procs["main"]:
+        _score_base(model, tokenizer, data, n_eval, base_file, folder, say)
     say(f"training: {recipe['method']}, {recipe['max_steps']} steps of {recipe['per_device_train_batch_size']}"
-        f" x {recipe['gradient_accumulation_steps']}" + (f" x {world} processes" if world > 1 else "") +
+        f" x {recipe['gradient_accumulation_steps']}" + (f" x {procs['world']} processes" if procs["world"] > 1 else "") +
         f"; checkpoints in {folder / 'checkpoints'}", flush=True)
     t0 = time.perf_counter()
     try:
         result = finetune(model, tokenizer, data, recipe["method"], config,
-                          checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
+                          checkpoint_dir=folder / "checkpoints", accelerator=procs["accelerator"],
                           trace_batches=True,  # history.json: which data each step saw
                           on_step=_progress_lines(recipe["max_steps"], say) if config.disable_tqdm else None)
     except KeyboardInterrupt:
@@ -187,43 +125,104 @@ def run(recipe: dict) -> dict:
             "run the same command to resume.")
         raise
     wall = time.perf_counter() - t0
-    history = result.history
-    model = result.model
-
-    if world > 1:  # each process: which batches it trained on, and the weights it ended with
+    if procs["world"] > 1:  # each process: which batches it trained on, and the weights it ended with
         (folder / "processes").mkdir(exist_ok=True)
-        write_json(folder / "processes" / f"rank-{rank}.json", {
-            "rank": rank, "processes": world,
-            "batch_crc": [s["batch_crc"] for s in history.steps],
-            "weights_crc": _weights_crc(model)})
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    if not main:
+        write_json(folder / "processes" / f"rank-{procs['rank']}.json", {
+            "rank": procs["rank"], "processes": procs["world"],
+            "batch_crc": [s["batch_crc"] for s in result.history.steps],
+            "weights_crc": _weights_crc(result.model)})
+    procs["wait"]()
+    if not procs["main"]:
         return {}
-
-    write_json(folder / "history.json", history.as_dict())
-    steps_done = len(history.steps)
-    summary = {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
-               "quantization": recipe["quantization"], "processes": world, "skipped_rows": skipped,
-               "device": prof.as_dict(), "steps_done": steps_done, "steps": recipe["max_steps"],
-               "finished": result.finished, "resumed_at": history.resumed_at,
-               "first_loss": history.steps[0]["loss"] if history.steps else None,
-               "last_loss": history.steps[-1]["loss"] if history.steps else None,
-               "val_loss": history.evals[-1]["val_loss"] if history.evals else None,
-               "median_step_s": history.median_step_s(),
-               "wall_s_this_run": wall, "checkpoint": result.checkpoint,
-               "trainable_parameters": trainable_parameters(model),
-               "parameters": parameter_count(model)}
+    write_json(folder / "history.json", result.history.as_dict())
+    summary = _summary(recipe, result, prof, procs["world"], skipped, wall)
     if not result.finished:
-        say(f"stopped after step {steps_done} of {recipe['max_steps']} (stop_after); checkpoint "
+        say(f"stopped after step {summary['steps_done']} of {recipe['max_steps']} (stop_after); checkpoint "
             f"{result.checkpoint}. Run the same command to continue.")
         write_json(folder / "summary.json", summary)
         return summary
+    return _finish(recipe, result.model, tokenizer, data, n_eval, base_file, folder, summary, say)
 
-    if recipe["method"] == "full":
-        saved = save_full(model, folder / "model", tokenizer)
-    else:
+
+def _processes() -> dict:
+    """This process among those `accelerate launch` started (one, without it): its rank, the
+    number of processes, whether it is the main one, `say` (prints on the main process only) and
+    `wait` (waits for the others)."""
+    accelerator = _accelerator()
+    main = accelerator is None or accelerator.is_main_process
+    if accelerator is not None and torch.cuda.is_available():
+        torch.cuda.set_device(accelerator.local_process_index)  # one GPU per process
+    return {"accelerator": accelerator, "main": main,
+            "rank": accelerator.process_index if accelerator else 0,
+            "world": accelerator.num_processes if accelerator else 1,
+            "say": print if main else (lambda *a, **k: None),
+            "wait": accelerator.wait_for_everyone if accelerator is not None else (lambda: None)}
+
+
+def _prepare_folder(folder: Path, recipe: dict, say) -> None:
+    """The run folder: old checkpoints removed (resume: false) or checked against this recipe,
+    and the recipe as run written into it."""
+    if not recipe["resume"] and (folder / "checkpoints").exists():
+        shutil.rmtree(folder / "checkpoints")
+        say(f"resume: false -> removed the old checkpoints in {folder}")
+    _check_same_recipe(folder, recipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(recipes.render(
+        _knobs(recipe), f"Recipe '{recipe['_name']}' as run (from {recipe['_source']})."))
+
+
+def _load(recipe: dict, prof, folder: Path, procs: dict, say):
+    """The model and tokenizer the recipe names, stored as it says (4-bit codes in the compute
+    dtype under FSDP, which shards float tensors of one dtype), after a line on the machine and,
+    on a GPU, the estimate of one step's memory."""
+    say(f"recipe  : {recipe['_name']} ({recipe['_source']}) -> {folder}")
+    say(f"machine : {prof.summary().splitlines()[0]}" + (f"; {procs['world']} processes" if procs["world"] > 1 else ""))
+    est = recipes.estimate_for(recipe) if prof.device == "cuda" else None
+    if est is not None:
+        say(f"estimate: {est.total / 1e9:.1f} GB for one step (kit.machine.memory: weights {est.weights / 1e9:.1f} GB, "
+            f"batch {recipe['per_device_train_batch_size']} x {recipe['max_length']} tokens, 16-bit GPU dtypes)")
+    quant = None if recipe["quantization"] == "none" else recipe["quantization"]
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    storage = prof.compute_dtype if fsdp and quant in ("nf4", "fp4") else None
+    if storage is not None:
+        say(f"fsdp    : 4-bit codes stored as {str(storage).replace('torch.', '')} so FSDP can shard them")
+    return load_model(recipe["model"], quantization=quant, double_quant=recipe["double_quant"],
+                      quant_storage=storage)
+
+
+def _score_base(model, tokenizer, data, n_eval: int, base_file: Path, folder: Path, say) -> None:
+    """The base model's exact match on the test examples, once per run (a resumed run keeps it)."""
+    if base_file.exists() and not checkpoint.checkpoints(folder / "checkpoints"):
+        base_file.unlink()  # a fresh start: score this base, not the previous run's
+    if n_eval and not base_file.exists():
+        say(f"scoring the base model on {n_eval} test examples ...")
+        base = exact_match(model, tokenizer, data["test"], n=n_eval)
+        write_json(base_file, {k: base[k] for k in ("accuracy", "correct", "total")})
+
+
+def _summary(recipe: dict, result, prof, world: int, skipped: int, wall: float) -> dict:
+    history, model = result.history, result.model
+    return {"recipe": recipe["_name"], "method": recipe["method"], "model": recipe["model"],
+            "quantization": recipe["quantization"], "processes": world, "skipped_rows": skipped,
+            "device": prof.as_dict(), "steps_done": len(history.steps), "steps": recipe["max_steps"],
+            "finished": result.finished, "resumed_at": history.resumed_at,
+            "first_loss": history.steps[0]["loss"] if history.steps else None,
+            "last_loss": history.steps[-1]["loss"] if history.steps else None,
+            "val_loss": history.evals[-1]["val_loss"] if history.evals else None,
+            "median_step_s": history.median_step_s(),
+            "wall_s_this_run": wall, "checkpoint": result.checkpoint,
+            "trainable_parameters": trainable_parameters(model),
+            "parameters": parameter_count(model)}
+
+
+def _finish(recipe: dict, model, tokenizer, data, n_eval: int, base_file: Path, folder: Path,
+            summary: dict, say) -> dict:
+    """A finished run: the adapter (or the whole model) saved, exact match before and after,
+    summary.json and summary.md written."""
+    if METHODS[recipe["method"]].adapters:
         saved = save_adapter(model, folder / "adapter")
+    else:
+        saved = save_full(model, folder / "model", tokenizer)
     summary["saved"] = {"path": saved["path"], "mb": saved["mb"]}
     if n_eval:
         after = exact_match(model, tokenizer, data["test"], n=n_eval)

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
-from kit.machine import memory as M
-from kit.commands import recipe as recipes
 from kit.arch import METHOD_NAMES, quantization
+from kit.commands import recipe as recipes
 from kit.engine.data import batches, make_task, pad_token_id, tokenize
-from kit.machine.device import bnb_error, library_versions, profile
+from kit.engine.train import TrainConfig, finetune, prepare_model
 from kit.errors import UserError, reported
 from kit.files import RUNS, write_json
-from kit.scratch.lora import trainable_parameters
+from kit.machine import memory as M
+from kit.machine.device import bnb_error, library_versions, profile
 from kit.machine.models import ensure_random, load_model, resolve
-from kit.engine.train import TrainConfig, finetune, prepare_model
+from kit.scratch.lora import trainable_parameters
 
 
 def check_method(name: str, method: str, steps: int, config: TrainConfig | None = None,
@@ -44,34 +44,15 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
     of the loop with the CUDA peak. `config` sets the batch, the adapters, checkpointing and
     the optimizer (default: TrainConfig's, batch 8)."""
     config = config or TrainConfig()
-    batch_size, optimizer = config.per_device_train_batch_size, config.optim
-    gradient_checkpointing = config.gradient_checkpointing
     prof = profile()
-    cuda = prof.device == "cuda"
-    quant = quantization(method)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(name, quantization=quant)
+    model, tokenizer = load_model(name, quantization=quantization(method))
     load_s = time.perf_counter() - t0
-    data = make_task(task, n_train=max(64, steps * batch_size), n_val=0, n_test=0, seed=0)
-    train = tokenize(data["train"], tokenizer)
-    t_max = max(len(ids) for ids in train["input_ids"])
+    data = make_task(task, n_train=max(64, steps * config.per_device_train_batch_size), n_val=0, n_test=0, seed=0)
     model = prepare_model(model, method, config)
-
-    # 1. one step under the ledger, a throw-away optimizer, against the estimate
-    batch = next(batches(train, batch_size, pad_token_id(tokenizer), seed=123))
-    params = [p for p in model.parameters() if p.requires_grad]
-    ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
-    bits = 4 if quant else (16 if prof.compute_dtype != torch.float32 else 32)
-    common = dict(r=config.lora_r, targets=config.lora_target_modules,
-                  gradient_checkpointing=gradient_checkpointing,
-                  compute_dtype=prof.compute_dtype, lora_dropout=config.lora_dropout, padded=True,
-                  batch_size=batch_size,
-                  precision="amp" if prof.compute_dtype != torch.float32 else "32")
-    est_batch = M.estimate(model.config, method, bits=bits, seq_len=batch["input_ids"].shape[1], **common)
-    est_peak = M.estimate(model.config, method, bits=bits, seq_len=t_max, optimizer=optimizer, **common)
-
-    # 2. a few real steps; on CUDA the loop records the peak allocated memory
-    if cuda:
+    ledger = _ledger_against_estimate(model, tokenizer, data, method, config, prof)
+    # a few real steps; on CUDA the loop records the peak allocated memory
+    if prof.device == "cuda":
         torch.cuda.empty_cache()
     t0 = time.perf_counter()
     result = finetune(model, tokenizer, data, method, config, max_steps=steps, eval_steps=0,
@@ -85,7 +66,7 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
         "grad_scaling": prof.grad_scaling,
         "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in result.model.parameters()
                                   if p.requires_grad}),
-        "r": config.lora_r, "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
+        "r": config.lora_r, "gradient_checkpointing": config.gradient_checkpointing, "optimizer": config.optim,
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "trainable": trainable_parameters(result.model),
         "load_s": load_s,
@@ -93,13 +74,32 @@ def check_method(name: str, method: str, steps: int, config: TrainConfig | None 
         "median_step_s": result.history.median_step_s(skip=1),
         "tokens_per_s": sum(s["tokens"] for s in later) / sum(s["step_time"] for s in later),
         "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
-        # the ledger counts tensors that exist at once; the estimate's workspace (transient
-        # buffers at the backward peak) is only in the CUDA peak comparison
-        "ledger_total": ledger.total, "estimate_for_ledger": est_batch.total - est_batch.workspace,
-        "ledger_vs_estimate": M.compare(ledger, est_batch),
-        "cuda_peak": max(s["memory"] for s in hist) if cuda else None,
-        "estimate_peak": est_peak.total, "longest_tokens": t_max, "batch_size": batch_size,
+        "cuda_peak": max(s["memory"] for s in hist) if prof.device == "cuda" else None,
+        "batch_size": config.per_device_train_batch_size, **ledger,
     }
+
+
+def _ledger_against_estimate(model, tokenizer, data, method: str, config: TrainConfig, prof) -> dict:
+    """One step under the ledger (a throw-away optimizer) against the estimate for that batch,
+    and the estimate for the longest example (what the CUDA peak is compared with)."""
+    train = tokenize(data["train"], tokenizer)
+    t_max = max(len(ids) for ids in train["input_ids"])
+    batch = next(batches(train, config.per_device_train_batch_size, pad_token_id(tokenizer), seed=123))
+    params = [p for p in model.parameters() if p.requires_grad]
+    ledger = M.measure_step(model, batch, torch.optim.AdamW(params, lr=0.0))
+    bits = 4 if quantization(method) else (16 if prof.compute_dtype != torch.float32 else 32)
+    common = dict(r=config.lora_r, targets=config.lora_target_modules,
+                  gradient_checkpointing=config.gradient_checkpointing,
+                  compute_dtype=prof.compute_dtype, lora_dropout=config.lora_dropout, padded=True,
+                  batch_size=config.per_device_train_batch_size,
+                  precision="amp" if prof.compute_dtype != torch.float32 else "32")
+    est_batch = M.estimate(model.config, method, bits=bits, seq_len=batch["input_ids"].shape[1], **common)
+    est_peak = M.estimate(model.config, method, bits=bits, seq_len=t_max, optimizer=config.optim, **common)
+    # the ledger counts tensors that exist at once; the estimate's workspace (transient
+    # buffers at the backward peak) is only in the CUDA peak comparison
+    return {"ledger_total": ledger.total, "estimate_for_ledger": est_batch.total - est_batch.workspace,
+            "ledger_vs_estimate": M.compare(ledger, est_batch),
+            "estimate_peak": est_peak.total, "longest_tokens": t_max}
 
 
 def _mb(n) -> str:

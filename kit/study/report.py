@@ -15,6 +15,7 @@ import math
 import statistics
 
 from kit.scratch import stats
+from kit.study.design import choose
 
 ARMS = ("full", "lora", "qlora", "qlora-loftq")
 METRICS = {   # name: (what it is, unit, lower is better)
@@ -127,41 +128,62 @@ def summarize(settings: dict, runs: list[dict], base: dict) -> dict:
         by_arm.setdefault(arm(r), []).append(r)
     methods, chosen_runs = {}, {}
     for name, rs in by_arm.items():
-        if name not in settings["methods"]:
-            continue
-        sweep = {r["lr"]: r for r in rs if r["seed"] == 0}
-        chosen = min(sweep, key=lambda lr: sweep[lr]["best_val"] if sweep[lr]["best_val"] is not None else math.inf)
-        seeds = sorted((r for r in rs if r["lr"] == chosen), key=lambda r: r["seed"])
-        chosen_runs[name] = seeds
-        methods[name] = {
-            "rates": sorted(sweep), "chosen_lr": chosen,
-            "sweep": [{k: sweep[lr][k] for k in ("lr", "best_val", "best_step", "stop", "steps")} for lr in sorted(sweep)],
-            "rate_choice": rate_choice(sweep, seeds)}
+        if name in settings["methods"]:
+            methods[name], chosen_runs[name] = _method(rs)
     if "qlora-loftq" in by_arm:
         chosen_runs["qlora-loftq"] = sorted(by_arm["qlora-loftq"], key=lambda r: r["seed"])
     target = matched_target(chosen_runs)
-    arms = {}
-    for name, rs in chosen_runs.items():
-        arms[name] = {
-            "lr": rs[0]["lr"], "seeds": len(rs),
-            "runs": [{"seed": r["seed"], "stop": r["stop"], "steps": r["steps"], "best_step": r["best_step"],
-                      "best_val": r["best_val"], "accuracy": r["measured"]["accuracy"],
-                      "mean_nll": r["measured"]["mean_nll"], "kl": r["measured"]["kl"]["fp32"]["kl"],
-                      "kl_own": r["measured"]["kl"].get("nf4", {}).get("kl"),
-                      "capitals": r["measured"]["capitals"], "median_step_s": r["median_step_s"],
-                      "seconds": r["seconds"]} for r in rs],
-            "plateaued": sum(r["stop"] == "plateau" for r in rs),
-            "best_step_interior": sum(r["best_step"] is not None and 0 < r["best_step"] < r["steps"] for r in rs),
-            "capitals": stats.bootstrap_mean([r["measured"]["capitals"] for r in rs]),
-            "step_s": statistics.median(r["median_step_s"] for r in rs),
-            "curves": [{"seed": r["seed"], "history": [{k: e[k] for k in e if k != "per_item_kl"} for e in r["history"]]}
-                       for r in rs]}
-        for metric in METRICS:
-            arms[name][metric] = _interval(rs, metric, target)
-        if name.startswith("qlora"):
-            arms[name]["kl_own_base"] = stats.seeds_and_items_mean(
-                [r["measured"]["kl"]["nf4"]["per_item_kl"] for r in rs])
-    comparisons = []
+    arms = {name: _arm(name, rs, target) for name, rs in chosen_runs.items()}
+    fronts = {name: frontier([(e["val_loss"], e["kl"]) for r in by_arm[name] for e in r["history"]
+                              if math.isfinite(e["val_loss"])]) for name in methods}
+    return {"settings": settings,
+            "base": {k: {"val_loss": v["val_loss"], "accuracy": v["accuracy"], "mean_nll": v["mean_nll"],
+                         "capitals": v["capitals"], "kl": v["kl"]["fp32"]["kl"]} for k, v in base.items()},
+            "methods": methods, "arms": arms, "matched_val_loss": target, "frontier": fronts,
+            "qlora_decomposition": _decomposition(arms, base["nf4"]),
+            "comparisons": _comparisons(chosen_runs, target), "lr_ratio": _lr_ratio(methods),
+            "detectable_se": stats.DETECTABLE_SE,
+            "lora_conventions": {"r": settings["lora_r"], "alpha": settings["lora_alpha"],
+                                 "scaling": settings["lora_alpha"] / settings["lora_r"],
+                                 "dropout": settings["lora_dropout"], "targets": "all-linear"}}
+
+
+def _method(rs: list[dict]) -> tuple[dict, list[dict]]:
+    """One method's sweep, its chosen rate (kit.study.design.choose) with the rate's range, and
+    the chosen rate's runs, by seed."""
+    sweep = {r["lr"]: r for r in rs if r["seed"] == 0}
+    chosen = choose(sweep)
+    seeds = sorted((r for r in rs if r["lr"] == chosen), key=lambda r: r["seed"])
+    return {"rates": sorted(sweep), "chosen_lr": chosen,
+            "sweep": [{k: sweep[lr][k] for k in ("lr", "best_val", "best_step", "stop", "steps")} for lr in sorted(sweep)],
+            "rate_choice": rate_choice(sweep, seeds)}, seeds
+
+
+def _arm(name: str, rs: list[dict], target) -> dict:
+    """An arm's runs at its rate: each run's record, how many stopped on a plateau, and every
+    metric with its interval over seeds and items."""
+    out = {"lr": rs[0]["lr"], "seeds": len(rs),
+           "runs": [{"seed": r["seed"], "stop": r["stop"], "steps": r["steps"], "best_step": r["best_step"],
+                     "best_val": r["best_val"], "accuracy": r["measured"]["accuracy"],
+                     "mean_nll": r["measured"]["mean_nll"], "kl": r["measured"]["kl"]["fp32"]["kl"],
+                     "kl_own": r["measured"]["kl"].get("nf4", {}).get("kl"),
+                     "capitals": r["measured"]["capitals"], "median_step_s": r["median_step_s"],
+                     "seconds": r["seconds"]} for r in rs],
+           "plateaued": sum(r["stop"] == "plateau" for r in rs),
+           "best_step_interior": sum(r["best_step"] is not None and 0 < r["best_step"] < r["steps"] for r in rs),
+           "capitals": stats.bootstrap_mean([r["measured"]["capitals"] for r in rs]),
+           "step_s": statistics.median(r["median_step_s"] for r in rs),
+           "curves": [{"seed": r["seed"], "history": [{k: e[k] for k in e if k != "per_item_kl"} for e in r["history"]]}
+                      for r in rs]}
+    for metric in METRICS:
+        out[metric] = _interval(rs, metric, target)
+    if "nf4" in rs[0]["measured"]["kl"]:          # a 4-bit base: forgetting from it too
+        out["kl_own_base"] = stats.seeds_and_items_mean([r["measured"]["kl"]["nf4"]["per_item_kl"] for r in rs])
+    return out
+
+
+def _comparisons(chosen_runs: dict, target) -> list[dict]:
+    out = []
     for a, b in PAIRS:
         if a in chosen_runs and b in chosen_runs:
             for metric in METRICS:
@@ -169,34 +191,28 @@ def summarize(settings: dict, runs: list[dict], base: dict) -> dict:
                     continue
                 c = _compare(chosen_runs[a], chosen_runs[b], metric, target)
                 if c is not None:
-                    comparisons.append({"metric": metric, "a": a, "b": b, **c})
-    fronts = {}
-    for name in methods:
-        pts = [(e["val_loss"], e["kl"]) for r in by_arm[name] for e in r["history"] if math.isfinite(e["val_loss"])]
-        fronts[name] = frontier(pts)
-    nf4 = base["nf4"]
-    decomposition = None
-    if "qlora" in arms:
-        q = arms["qlora"]
-        loading = stats.bootstrap_mean(nf4["kl"]["fp32"]["per_item_kl"])
-        decomposition = {"base_to_4bit": loading, "4bit_to_tuned": q["kl_own_base"],
-                         "base_to_tuned": q["kl_best_step"],
-                         "sum_of_parts": loading["mean"] + q["kl_own_base"]["mean"]}
-    lrs = {m: methods[m]["chosen_lr"] for m in methods}
-    ratio = None
-    if {"lora", "full"} <= set(methods):
-        lo_l, hi_l = methods["lora"]["rate_choice"]["range"] or [lrs["lora"]] * 2
-        lo_f, hi_f = methods["full"]["rate_choice"]["range"] or [lrs["full"]] * 2
-        ratio = {"lora/full": lrs["lora"] / lrs["full"], "low": lo_l / hi_f, "high": hi_l / lo_f}
-    return {"settings": settings,
-            "base": {k: {"val_loss": v["val_loss"], "accuracy": v["accuracy"], "mean_nll": v["mean_nll"],
-                         "capitals": v["capitals"], "kl": v["kl"]["fp32"]["kl"]} for k, v in base.items()},
-            "methods": methods, "arms": arms, "matched_val_loss": target, "frontier": fronts,
-            "qlora_decomposition": decomposition, "comparisons": comparisons, "lr_ratio": ratio,
-            "detectable_se": stats.DETECTABLE_SE,
-            "lora_conventions": {"r": settings["lora_r"], "alpha": settings["lora_alpha"],
-                                 "scaling": settings["lora_alpha"] / settings["lora_r"],
-                                 "dropout": settings["lora_dropout"], "targets": "all-linear"}}
+                    out.append({"metric": metric, "a": a, "b": b, **c})
+    return out
+
+
+def _decomposition(arms: dict, nf4: dict) -> dict | None:
+    """QLoRA's forgetting in parts: base -> 4-bit base (loading), 4-bit base -> tuned, base -> tuned."""
+    if "qlora" not in arms:
+        return None
+    q = arms["qlora"]
+    loading = stats.bootstrap_mean(nf4["kl"]["fp32"]["per_item_kl"])
+    return {"base_to_4bit": loading, "4bit_to_tuned": q["kl_own_base"], "base_to_tuned": q["kl_best_step"],
+            "sum_of_parts": loading["mean"] + q["kl_own_base"]["mean"]}
+
+
+def _lr_ratio(methods: dict) -> dict | None:
+    """LoRA's chosen rate over full fine-tuning's, with the range the rates' own ranges allow."""
+    if not {"lora", "full"} <= set(methods):
+        return None
+    lrs = {m: methods[m]["chosen_lr"] for m in ("lora", "full")}
+    lo_l, hi_l = methods["lora"]["rate_choice"]["range"] or [lrs["lora"]] * 2
+    lo_f, hi_f = methods["full"]["rate_choice"]["range"] or [lrs["full"]] * 2
+    return {"lora/full": lrs["lora"] / lrs["full"], "low": lo_l / hi_f, "high": hi_l / lo_f}
 
 
 # ---------------------------------------------------------------------------- markdown

@@ -1,112 +1,29 @@
-"""The comparison, second edition: `python -m kit study` (make study).
-
-Full fine-tuning, LoRA and QLoRA on the same model, task and data, each trained until its
-validation loss stops improving:
-
-  1. every run: a constant learning rate after a short warm-up (no decay forced at an arbitrary
-     horizon), validation loss every `eval_steps` steps on `n_val` items, early stopping after
-     `patience` evaluations without an improvement of more than `threshold`, and a cap of
-     `max_steps` high enough that the chosen rates stop on a plateau. At every evaluation the
-     forgetting KL on the general prompts too (QLoRA: also from its own 4-bit base), so each
-     run draws a trajectory in the learning-forgetting plane. Each run records why it stopped
-     ("plateau" or "cap") and is measured at its best-validation step: per-item answer NLL and
-     exact match (teacher-forced: kit.engine.evaluate.answer_scores) on `n_test` items shared by all
-     methods, KL per general prompt, the capitals probe.
-  2. a learning-rate sweep per method (seed 0, half-decade rates), extended on the side where the
-     lowest validation loss sits at an edge; the chosen rate is the lowest best validation loss.
-  3. `seeds` seeds at each chosen rate (the data order, the adapters' initialisation); the
-     neighbours of the chosen rate are placed against that seed spread (kit.study.report).
-  4. a LoftQ arm: QLoRA with adapters initialised from what quantization lost
-     (kit.engine.adapters.init_loftq), `loftq_seeds` seeds at QLoRA's chosen rate.
-
-The LoRA conventions are the same for every run and stated in the results: r and alpha fixed
-(scaling alpha / r, the LoRA paper's; rsLoRA and Schulman et al. 2025 scale otherwise), dropout 0
-(full fine-tuning has none either), all linear layers.
-
-Resumable: each finished run is a file in <out>/runs/; the same command skips them. The summary
-(kit.study.report) goes to <out>/study.json and the figures (kit.study.plots) to <out>/figures/.
+"""Running the study: each run trained to its plateau and measured (`train_one`, `measure`), the
+rate sweeps, seeds and LoftQ arm in order, resumable (`run`); the design is kit.study.design.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from kit.arch import METHOD_NAMES, quantization
+from kit.arch import quantization
 from kit.engine.data import GENERAL_PROMPTS, RETENTION_PROBE, make_task, pad_token_id, tokenize
-from kit.machine.device import hardware, library_versions, profile
-from kit.engine.evaluate import answer_scores, divergences, reference_answers, reference_log_probs, retention, validation_loss
-from kit.files import REPO_ROOT, RUNS, read_json, write_json
-from kit.scratch.lora import trainable_parameters
-from kit.machine.models import load_model
+from kit.engine.evaluate import (answer_scores, divergences, reference_answers, reference_log_probs,
+                                 retention, validation_loss)
 from kit.engine.train import TrainConfig, best_evaluation, finetune, prepare_model
-
-
-@dataclass
-class StudyConfig:
-    model: str = "smollm2-135m"
-    task: str = "dates"            # learnt to a plateau within the cap on 2 cores (see lesson 06)
-    n_train: int = 1200            # 80 steps x 8 = 640 examples at most: no run sees an example twice
-    n_val: int = 64                # validation loss at every evaluation: picks the rate and the best step
-    n_test: int = 512              # items for the headline metrics, the same for every run
-    n_general: int = 64            # general prompts for the forgetting KL (of GENERAL_PROMPTS)
-    general_tokens: int = 32       # tokens of the base's own answer to each general prompt
-    n_probe: int = 30              # capitals questions (kit.engine.data.RETENTION_PROBE)
-    max_steps: int = 80            # the cap; a run normally stops earlier, on a plateau
-    batch_size: int = 8
-    warmup_steps: int = 4
-    schedule: str = "constant_with_warmup"
-    eval_steps: int = 8            # an evaluation (validation loss + KL) costs a few steps' time on a CPU
-    patience: int = 2              # evaluations (16 steps) without improvement before a run stops
-    # an improvement is a drop of the best validation loss by more than this (kit.engine.train.best_evaluation):
-    # on dates, one answer token of the ~700 in 64 validation items going from sure to a one-in-four
-    # guess (-ln 0.25 = 1.39 nats) moves the loss by 0.002; smaller drops are noise, not learning
-    threshold: float = 0.002
-    lora_r: int = 8
-    lora_alpha: float = 16         # fixed for every run: scaling alpha / r = 2
-    lora_dropout: float = 0.0      # as full fine-tuning: no dropout anywhere
-    # half-decade steps (x 3.16); a sweep is extended by up to `extend` rates on the side
-    # where its best rate sits at the edge
-    rates: dict = field(default_factory=lambda: {
-        # full: centred on the rate the previous reference chose (3.16e-5; 1e-5 and 1e-4 were worse),
-        # so the time goes to seeds and test items, not to extending the sweep
-        "full": [1e-5, 3.16e-5, 1e-4],
-        "lora": [3.16e-4, 1e-3, 3.16e-3],
-        "qlora": [3.16e-4, 1e-3, 3.16e-3]})
-    extend: int = 2
-    seeds: int = 5                 # at each method's chosen rate
-    loftq_seeds: int = 3           # QLoRA with LoftQ initialisation, at QLoRA's chosen rate
-    methods: tuple = METHOD_NAMES
-    data_seed: int = 0             # the data are the same for every run
-
-
-# About a minute on tiny-llama (random weights: its numbers mean nothing): the whole pipeline and
-# every output, for a try (python -m kit study --quick) and for the tests.
-QUICK = StudyConfig(model="tiny-llama", n_train=64, n_val=8, n_test=16, n_general=6, general_tokens=8,
-                    n_probe=4, max_steps=6, batch_size=4, warmup_steps=1, eval_steps=2, patience=2,
-                    seeds=2, loftq_seeds=2, extend=1,
-                    rates={"full": [1e-3, 1e-2], "lora": [1e-2, 1e-1], "qlora": [1e-2, 1e-1]})
-
-
-def for_this_machine(cfg: StudyConfig | None = None) -> StudyConfig:
-    """The default design, larger where a GPU makes it cheap (a higher cap, more items)."""
-    cfg = cfg or StudyConfig()
-    if profile().device == "cuda":
-        cfg = dataclasses.replace(cfg, max_steps=200, n_test=1000, n_general=110)
-    return cfg
-
-
-# ---------------------------------------------------------------------------- one run
-def run_name(method: str, lr: float, seed: int, init: str = "plain") -> str:
-    return f"{method}{'-' + init if init != 'plain' else ''}_lr{lr:.3g}_seed{seed}"
+from kit.files import REPO_ROOT, RUNS, read_json, write_json
+from kit.machine.device import hardware, library_versions
+from kit.machine.models import load_model
+from kit.scratch.lora import trainable_parameters
+from kit.study import report as study_report
+from kit.study.design import QUICK, StudyConfig, _jsonable, choose, plan, run_name
 
 
 def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
@@ -223,22 +140,33 @@ def _base_record(ctx: Context) -> dict:
     return rec
 
 
-def choose(sweep: dict[float, dict]) -> float:
-    """The rate whose run reached the lowest validation loss (a diverged run counts as worst)."""
-    return min(sweep, key=lambda lr: sweep[lr]["best_val"] if sweep[lr]["best_val"] is not None else math.inf)
-
-
-def plan(cfg: StudyConfig) -> int:
-    per_method = len(next(iter(cfg.rates.values()))) + cfg.seeds - 1
-    return len(cfg.methods) * per_method + (cfg.loftq_seeds if "qlora" in cfg.methods else 0)
-
-
 def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
     """Run (or resume) the study into `out`; returns the summary (also <out>/study.json)."""
-    from kit.study import report as study_report
-
     cfg = cfg or StudyConfig()
-    out = Path(out)
+    ctx = _start(cfg, Path(out))
+    base_rec = _read(ctx.out / "base.json")
+    if base_rec is None:
+        base_rec = _base_record(ctx)
+        write_json(ctx.out / "base.json", base_rec)
+    # the ETA is the runs still to train at the mean pace of those trained in this call
+    # (smoothing=0; a finished run read from its file raises `initial` so it does not count)
+    bar = tqdm(total=plan(cfg), desc="study runs", unit="run", file=sys.stderr, smoothing=0)
+    runs = [r for method in cfg.methods for r in _method_runs(ctx, method, bar)]
+    bar.close()
+    wall = _clock(ctx.out, ctx.started)
+    summary = study_report.summarize(_jsonable(cfg), runs, base_rec)
+    summary |= {"hardware": hardware(), "versions": library_versions(),
+                "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": _commit(),
+                "train_seconds": sum(r["seconds"] + r.get("measure_seconds", 0) for r in runs),
+                "wall_s": wall["wall_s"], "calls": wall["calls"]}
+    write_json(ctx.out / "study.json", summary)
+    return _read(ctx.out / "study.json")          # as JSON holds it (tuples become lists)
+
+
+def _start(cfg: StudyConfig, out: Path) -> Context:
+    """The study's folder checked against its settings, the base model, the data, and the base's
+    own answers to the general prompts (generated once, then read from general_answers.json)."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     started = [time.perf_counter()]          # the wall clock since the last entry in wall.json
     settings = _read(out / "settings.json")
@@ -246,7 +174,6 @@ def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
         raise ValueError(f"{out} holds a study with other settings; use another --out, or delete it.")
     write_json(out / "settings.json", _jsonable(cfg))
     _clock(out, started, new_call=True)
-
     base, tokenizer = load_model(cfg.model)
     data = make_task(cfg.task, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
     pad_id = pad_token_id(tokenizer)
@@ -256,44 +183,31 @@ def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
                                     max_new_tokens=cfg.general_tokens)
         write_json(general_file, answers.to_dict())
     general = tokenize(Dataset.from_dict(_read(general_file)), tokenizer)
-    ctx = Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
-                  RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
-                  started=started)
-    base_rec = _read(out / "base.json")
-    if base_rec is None:
-        base_rec = _base_record(ctx)
-        write_json(out / "base.json", base_rec)
+    return Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
+                   RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
+                   started=started)
 
-    # the ETA is the runs still to train at the mean pace of those trained in this call
-    # (smoothing=0; a finished run read from its file raises `initial` so it does not count)
-    bar = tqdm(total=plan(cfg), desc="study runs", unit="run", file=sys.stderr, smoothing=0)
-    runs = []
-    for method in cfg.methods:
-        rates = sorted(cfg.rates[method])
-        sweep = {lr: _run_or_read(ctx, method, lr, 0, bar) for lr in rates}
-        for _ in range(cfg.extend):        # the best rate at an edge: one more rate beyond it
-            best = choose(sweep)
-            if best not in (rates[0], rates[-1]) or len(rates) < 2:
-                break
-            step = rates[1] / rates[0] if best == rates[0] else rates[-1] / rates[-2]
-            new = float(f"{(best / step if best == rates[0] else best * step):.3g}")
-            bar.total += 1
-            rates = sorted(rates + [new])
-            sweep[new] = _run_or_read(ctx, method, new, 0, bar)
-        chosen = choose(sweep)
-        runs += list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
-        if quantization(method):             # LoftQ starts the adapters from what loading lost
-            runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
-    bar.close()
-    wall = _clock(out, started)
-    summary = study_report.summarize(_jsonable(cfg), runs, base_rec)
-    summary |= {"hardware": hardware(), "versions": library_versions(),
-                "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": _commit(),
-                "train_seconds": sum(r["seconds"] + r.get("measure_seconds", 0) for r in runs),
-                "wall_s": wall["wall_s"], "calls": wall["calls"]}
-    write_json(out / "study.json", summary)
-    return _read(out / "study.json")          # as JSON holds it (tuples become lists)
+
+def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
+    """One method's runs: the rate sweep at seed 0 (extended past an edge that holds the best
+    rate), the other seeds at the chosen rate, and for QLoRA the LoftQ arm at that rate."""
+    cfg = ctx.cfg
+    rates = sorted(cfg.rates[method])
+    sweep = {lr: _run_or_read(ctx, method, lr, 0, bar) for lr in rates}
+    for _ in range(cfg.extend):        # the best rate at an edge: one more rate beyond it
+        best = choose(sweep)
+        if best not in (rates[0], rates[-1]) or len(rates) < 2:
+            break
+        step = rates[1] / rates[0] if best == rates[0] else rates[-1] / rates[-2]
+        new = float(f"{(best / step if best == rates[0] else best * step):.3g}")
+        bar.total += 1
+        rates = sorted(rates + [new])
+        sweep[new] = _run_or_read(ctx, method, new, 0, bar)
+    chosen = choose(sweep)
+    runs = list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
+    if quantization(method):             # LoftQ starts the adapters from what loading lost
+        runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
+    return runs
 
 
 def _clock(out: Path, started: list, new_call: bool = False) -> dict:
@@ -323,11 +237,6 @@ def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar, init: str
     return record
 
 
-# ---------------------------------------------------------------------------- provenance
-def _jsonable(cfg: StudyConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 def _commit() -> str | None:
     """The kit's git commit, "-dirty" when the clone has uncommitted changes (None outside a clone)."""
     import subprocess
@@ -337,5 +246,3 @@ def _commit() -> str | None:
     except OSError:
         return None
     return done.stdout.strip() or None
-
-

@@ -25,8 +25,7 @@ from pathlib import Path
 import jinja2
 
 from kit.errors import UserError, command
-from kit.files import read_json
-from kit.files import REPO_ROOT, RUNS
+from kit.files import REPO_ROOT, RUNS, read_json
 
 LESSONS = REPO_ROOT / "lessons"
 TEMPLATES = LESSONS / "templates"

@@ -11,9 +11,8 @@ import math
 import time
 from pathlib import Path
 
-from kit.machine.device import hardware  # noqa: F401  (nb.hardware() in every notebook)
 from kit.files import REPO_ROOT, RUNS, write_json  # noqa: F401  (REPO_ROOT: the notebooks' paths)
-
+from kit.machine.device import hardware  # noqa: F401  (nb.hardware() in every notebook)
 
 
 def run_dir(value: str = "") -> Path:

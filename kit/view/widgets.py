@@ -11,12 +11,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from kit.machine import memory as M
 from kit.arch import GPUS, METHOD_NAMES, by_size
 from kit.engine.compare import compare
-from kit.view.plots import bits_figure, calculator_figure, per_gpu_breakdown
-from kit.scratch.quant import bits_view
+from kit.machine import memory as M
 from kit.machine.scaling import GPU_LINES, STRATEGIES, breakdown, breakdown_text
+from kit.scratch.quant import bits_view
+from kit.view.plots import bits_figure, calculator_figure, per_gpu_breakdown
 
 
 # ============================================================================ 01-03: full FT and LoRA

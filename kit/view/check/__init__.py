@@ -11,4 +11,5 @@ measured facts (so it holds on any machine), prints a verdict in plain words and
 notebooks, in solutions/<notebook>.py; with SOLUTIONS = True (what the tests run) the cell
 takes its answer from there.
 """
-from kit.view.check.common import check_of, exercise, solution  # noqa: F401  (check.exercise in every notebook)
+from kit.view.check.common import (check_of, exercise,  # noqa: F401  (check.exercise in every notebook)
+                                   solution)

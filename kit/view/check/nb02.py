@@ -5,7 +5,6 @@ import math
 
 from kit.view.check.common import close, verdict
 
-
 EX02_1_QUANTITIES = ("b0_diff", "formula_diff", "merge_diff", "effect")
 
 

@@ -1,128 +1,19 @@
-"""Weight quantization from scratch, in plain torch: int8, int-k, FP4, NF4.
-
-Every quantizer here follows the same recipe:
-
-  1. split the weight into groups: the whole tensor, each row, or blocks of
-     `blocksize` consecutive values (blockwise, as bitsandbytes and QLoRA do);
-  2. per group keep one or two float constants (absmax, or scale + zero point);
-  3. map every value, divided by its group's constant, to the nearest entry of
-     a small grid of levels and store only that entry's integer code.
-
-Dequantizing is the reverse: level[code] * constant. Smaller groups mean more
-constants (more bytes) but less error, because one outlier only spoils its
-own block.
-
-Storage cost, with n values in groups of size g, k-bit codes, fp32 constants:
-
-    bits/param = k + 32/g                      e.g. NF4, g=64: 4 + 0.5 = 4.5
-
-Double quantization (QLoRA) quantizes the absmax constants themselves to 8 bits
-in blocks of 256 (after subtracting their mean), keeping one fp32 constant per
-256 absmax values plus the fp32 mean:
-
-    bits/param = k + 8/g + 32/(g*256) (+ 32/n for the mean)
-               = 4 + 0.125 + 0.00195 ~ 4.127   for NF4 with g=64
-
-Codes are stored unpacked (one uint8 per value) for readability; `nbytes`
-counts them packed, i.e. a 4-bit code costs half a byte.
+"""Quantizing a tensor: groups, one constant per group, the nearest level's code; double
+quantization of the constants; `QuantizedTensor` dequantizes and counts its bytes.
 """
-
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
-from kit.arch import target_modules
-
-__all__ = [
-    "KINDS",
-    "nf4_codebook",
-    "fp4_codebook",
-    "QuantizedTensor",
-    "quantize",
-    "mse",
-    "max_abs_error",
-    "sqnr_db",
-    "error_report",
-    "fake_quantize_model",
-    "bits_view",
-]
-
-# kind -> (family, default bits)
-KINDS = {
-    "int8": ("int", 8),                    # symmetric absmax, 8 bits
-    "int": ("int", 8),                     # symmetric absmax, `bits` in 2..8
-    "int8-zeropoint": ("zeropoint", 8),    # asymmetric: scale + zero point
-    "zeropoint": ("zeropoint", 8),         # asymmetric, `bits` in 2..8
-    "fp4": ("codebook", 4),                # 4-bit float E2M1
-    "nf4": ("codebook", 4),                # 4-bit NormalFloat (QLoRA)
-}
+from kit.scratch.quant.codebooks import _CODEBOOKS, KINDS
 
 DOUBLE_QUANT_BLOCKSIZE = 256  # QLoRA: absmax constants quantized in blocks of 256
 
-
-# ---------------------------------------------------------------------------
-# 4-bit code books
-# ---------------------------------------------------------------------------
-
-def nf4_codebook() -> torch.Tensor:
-    """The 16 NF4 levels (QLoRA, Dettmers et al. 2023), sorted, in [-1, 1].
-
-    Weights are roughly normal, so NF4 places its levels at quantiles of
-    N(0, 1): each level then gets about the same share of the weights. An
-    exact zero is wanted (padding, zeros in the weight), so the halves are
-    asymmetric: 8 positive levels and 7 negative ones plus 0.
-
-    The outermost quantile cannot be 1.0 (ppf(1) = inf). The paper uses
-    offset = 1 - (1/(2*16) + 1/(2*15)) / 2 = 0.9677..., the mean of the
-    outermost quantile-bin centres for 16 and 15 bins.
-
-        positive = ppf(linspace(offset, 0.5, 9)[:-1])      8 values
-        negative = -ppf(linspace(offset, 0.5, 8)[:-1])     7 values
-        levels   = sort(positive + [0] + negative) / max    -> [-1, 1]
-    """
-    offset = 0.9677083  # = 1 - (1/32 + 1/30) / 2 = 0.96770833..., rounded as in QLoRA's code
-    ppf = torch.special.ndtri  # inverse CDF of N(0, 1)
-    # linspace in float32, ppf in float64, normalise in float32: this exact
-    # order reproduces bitsandbytes' NF4 table bit for bit.
-    positive = ppf(torch.linspace(offset, 0.5, 9)[:-1].double())   # (8,)
-    negative = -ppf(torch.linspace(offset, 0.5, 8)[:-1].double())  # (7,)
-    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative])
-    levels = levels.sort().values.float()
-    return levels / levels.max()  # (16,) in [-1, 1]
-
-
-def fp4_codebook() -> torch.Tensor:
-    """The 16 FP4 (E2M1) levels, sorted, scaled to [-1, 1].
-
-    4 bits = 1 sign, 2 exponent, 1 mantissa bit, exponent bias 1:
-        exponent e > 0: (1 + m/2) * 2**(e - 1)   -> 1, 1.5, 2, 3, 4, 6
-        exponent e = 0: (m/2)     (subnormal)    -> 0, 0.5
-    so the magnitudes are 0, 0.5, 1, 1.5, 2, 3, 4, 6, divided by 6. +0 and -0
-    both exist: only 15 distinct values (NF4 puts its 16th code to better use).
-    bitsandbytes' FP4 differs in one magnitude: its smallest non-zero level is
-    1/192 instead of 0.5/6 = 1/12.
-    """
-    values = []
-    for sign in (1.0, -1.0):
-        for e in range(4):
-            for m in range(2):
-                magnitude = (m / 2) if e == 0 else (1 + m / 2) * 2 ** (e - 1)
-                values.append(sign * magnitude)
-    levels = torch.tensor(values).sort().values
-    return levels / 6.0  # (16,)
-
-
-_CODEBOOKS = {"nf4": nf4_codebook, "fp4": fp4_codebook}
-
-
-# ---------------------------------------------------------------------------
-# the quantized tensor
-# ---------------------------------------------------------------------------
 
 @dataclass
 class QuantizedTensor:
@@ -190,10 +81,6 @@ class QuantizedTensor:
     def bits_per_param(self) -> float:
         return 8 * self.nbytes / self.numel
 
-
-# ---------------------------------------------------------------------------
-# quantize
-# ---------------------------------------------------------------------------
 
 def _check_kind_bits(kind, bits) -> int:
     if kind not in KINDS:
@@ -353,114 +240,3 @@ def quantize(
         return QuantizedTensor(**common, codes=codes, codebook=codebook,
                                absmax_q=absmax_q, absmax_offset=offset)
     return QuantizedTensor(**common, codes=codes, absmax=absmax, codebook=codebook)
-
-
-# ---------------------------------------------------------------------------
-# error measures
-# ---------------------------------------------------------------------------
-
-def mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Mean squared error mean((w - w_hat)**2)."""
-    return (w.float() - w_hat.float()).pow(2).mean().item()
-
-
-def max_abs_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Largest single-element error max|w - w_hat|."""
-    return (w.float() - w_hat.float()).abs().max().item()
-
-
-def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio 10*log10(sum w^2 / sum (w - w_hat)^2), in dB.
-
-    Higher is better; each extra bit of a uniform quantizer adds about 6 dB.
-    """
-    noise = (w.float() - w_hat.float()).pow(2).sum().item()
-    signal = w.float().pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
-
-
-def error_report(w: torch.Tensor, qt: QuantizedTensor) -> dict:
-    """mse, max_abs_error, sqnr_db, bits_per_param and nbytes for one tensor."""
-    w_hat = qt.dequantize()
-    return {
-        "kind": qt.kind,
-        "bits": qt.bits,
-        "mse": mse(w, w_hat),
-        "max_abs_error": max_abs_error(w, w_hat),
-        "sqnr_db": sqnr_db(w, w_hat),
-        "bits_per_param": qt.bits_per_param,
-        "nbytes": qt.nbytes,
-    }
-
-
-# ---------------------------------------------------------------------------
-# whole models
-# ---------------------------------------------------------------------------
-
-@torch.no_grad()
-def fake_quantize_model(
-    model: nn.Module,
-    kind: str,
-    bits: Optional[int] = None,
-    blocksize: Union[int, str, None] = 64,
-    targets: Union[str, Sequence[str]] = "all-linear",
-    double_quant: bool = False,
-) -> dict:
-    """Replace each targeted Linear weight by quantize(w).dequantize(), in place.
-
-    This simulates the accuracy of a quantized model ("fake quantization"),
-    for any bit width, not only the ones bitsandbytes has kernels for.
-    lm_head is skipped by default. Returns a summary: layers touched,
-    parameter count, total bytes, bits/param, and the mean squared error.
-    """
-    bits = _check_kind_bits(kind, bits)
-    modules = dict(model.named_modules())
-    layers = [(name, modules[name]) for name in target_modules(model, targets)]
-    n_params, n_bytes, sq_err = 0, 0, 0.0
-    for _, layer in layers:
-        w = layer.weight
-        qt = quantize(w, kind, bits=bits, blocksize=blocksize, double_quant=double_quant)
-        w_hat = qt.dequantize()
-        sq_err += (w.float() - w_hat.float()).pow(2).sum().item()
-        n_params += w.numel()
-        n_bytes += qt.nbytes
-        w.copy_(w_hat)
-    return {
-        "kind": kind,
-        "bits": bits,
-        "layers": [n for n, _ in layers],
-        "params": n_params,
-        "nbytes": n_bytes,
-        "bits_per_param": 8 * n_bytes / max(n_params, 1),
-        "mse": sq_err / max(n_params, 1),
-    }
-
-
-# ---------------------------------------------------------------------------
-# one weight at k bits (what notebook 04's "bits" slider redraws)
-# ---------------------------------------------------------------------------
-
-def bits_view(w, bits: int, blocksize: int = 64, linear_params: int | None = None,
-              other_params: int = 0, layer: str = "") -> dict:
-    """Quantize one weight `w` to `bits` bits (symmetric absmax, blockwise: kind "int")
-    and report the error and what the whole model's weights would take.
-
-    linear_params: parameters of the model's Linear layers (what gets quantized; default w's size)
-    other_params:  the rest (embeddings, norms), kept in 16 bit
-    -> {"bits", "blocksize", "layer", "mse", "sqnr_db", "bits_per_param", "error" (a sample of
-        w_hat - w), "error_range" (the 2-bit maximum, so the x axis stays put), "params",
-        "memory_mb" {"fp32", "bf16", "int<bits>"}}"""
-    qt = quantize(w, "int", bits=bits, blocksize=blocksize)
-    report = error_report(w, qt)
-    err = (qt.dequantize().float() - w.float()).flatten()          # (n,)
-    if err.numel() > 200_000:                                      # a fixed sample is enough to draw
-        err = err[torch.randperm(err.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
-    widest = quantize(w, "int", bits=2, blocksize=blocksize)
-    linear = w.numel() if linear_params is None else linear_params
-    params = linear + other_params
-    return {"bits": bits, "blocksize": blocksize, "layer": layer, "mse": report["mse"],
-            "sqnr_db": report["sqnr_db"], "bits_per_param": report["bits_per_param"],
-            "error": err.tolist(), "error_range": float((widest.dequantize().float() - w.float()).abs().max()),
-            "params": params,
-            "memory_mb": {"fp32": params * 4 / 1e6, "bf16": params * 2 / 1e6,
-                          f"int{bits}": (linear * report["bits_per_param"] / 8 + other_params * 2) / 1e6}}
