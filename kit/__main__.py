@@ -61,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
                            "forgetting at matched learning, LoftQ (about 3 hours on 2 CPU cores; resumable)")
     study.add_argument("--quick", "--smoke", action="store_true", dest="quick",
                        help="tiny-llama, a few steps: every output in about a minute (its numbers mean nothing)")
-    study.add_argument("--out", help="study folder (default runs/study; a finished run is skipped)")
+    study.add_argument("--arm", choices=("methods", "variants"), default="methods",
+                       help="methods: full vs LoRA vs QLoRA (the study); variants: LoRA against DoRA, rsLoRA, "
+                       "LoRA+, PiSSA and attention-only / MLP-only targets at LoRA's parameter count "
+                       "(kit.study.variants, about an hour on 2 CPU cores; resumable)")
+    study.add_argument("--out", help="study folder (default runs/study, runs/study-variants with --arm variants; "
+                       "a finished run is skipped)")
     gpu = sub.add_parser("gpu-check", help="LoRA and QLoRA steps on the GPU vs the estimator")
     gpu.add_argument("--steps", type=int, default=5, help="optimizer steps per method (default 5)")
     gpu.add_argument("--model", default="smollm2-135m", help="model to check (default the bundled one)")
@@ -106,6 +111,12 @@ def _lessons(args) -> int:
 
 def _study(args) -> int:
     from kit.files import RUNS
+    if args.arm == "variants":
+        from kit.study import variants
+        out = args.out or RUNS / ("study-variants-quick" if args.quick else "study-variants")
+        print(variants.report(variants.run(variants.QUICK if args.quick else variants.VariantsConfig(), out)))
+        print(f"written to {out}/variants.json")
+        return 0
     from kit.study import plots as study_plots, report as study_report, run as study
     out = args.out or RUNS / ("study-quick" if args.quick else "study")
     summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)

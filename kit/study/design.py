@@ -29,7 +29,6 @@ Resumable: each finished run is a file in <out>/runs/; the same command skips th
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -107,5 +106,3 @@ def plan(cfg: StudyConfig) -> int:
 
 
 # ---------------------------------------------------------------------------- provenance
-def _jsonable(cfg: StudyConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -106,7 +106,10 @@ def _interval(runs: list[dict], metric: str, matched: float | None) -> dict | No
     return stats.seeds_and_items_mean(values)
 
 
-def _compare(a_runs, b_runs, metric, matched) -> dict | None:
+def compare(a_runs, b_runs, metric, matched) -> dict | None:
+    """Arm a against arm b on `metric`, paired over items and seeds (a bootstrap of both): the
+    difference with its 95% interval, the smallest difference the design detects, the verdict.
+    None when a run lacks the metric (a run that never reached the matched validation loss)."""
     a = [_per_item(r, metric, matched) for r in a_runs]
     b = [_per_item(r, metric, matched) for r in b_runs]
     if not a or not b or any(v is None for v in a + b):
@@ -189,7 +192,7 @@ def _comparisons(chosen_runs: dict, target) -> list[dict]:
             for metric in METRICS:
                 if metric == "kl_step0" and "loftq" not in b:
                     continue
-                c = _compare(chosen_runs[a], chosen_runs[b], metric, target)
+                c = compare(chosen_runs[a], chosen_runs[b], metric, target)
                 if c is not None:
                     out.append({"metric": metric, "a": a, "b": b, **c})
     return out

@@ -18,12 +18,13 @@ from kit.engine.data import GENERAL_PROMPTS, RETENTION_PROBE, make_task, pad_tok
 from kit.engine.evaluate import (answer_scores, divergences, reference_answers, reference_log_probs,
                                  retention, validation_loss)
 from kit.engine.train import TrainConfig, best_evaluation, finetune, prepare_model
-from kit.files import REPO_ROOT, RUNS, read_json, write_json
+from kit.files import RUNS, write_json
 from kit.machine.device import hardware, library_versions
 from kit.machine.models import load_model
 from kit.scratch.lora import trainable_parameters
 from kit.study import report as study_report
-from kit.study.design import QUICK, StudyConfig, _jsonable, choose, plan, run_name
+from kit.study.design import QUICK, StudyConfig, choose, plan, run_name
+from kit.study.records import clock, commit, jsonable, read_record, restore, snapshot
 
 
 def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
@@ -32,17 +33,6 @@ def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
                        eval_steps=cfg.eval_steps, early_stopping_patience=cfg.patience,
                        early_stopping_threshold=cfg.threshold, seed=seed, disable_tqdm=True,
                        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-
-
-def _trainable(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model, state: dict) -> None:
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in state:
-                p.copy_(state[n])
 
 
 def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "plain") -> dict:
@@ -67,14 +57,14 @@ def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "pl
         # the best evaluation as early stopping reads it: where the run last improved by more
         # than the threshold (kit.engine.train.best_evaluation); its weights and KL are what is measured
         if best_evaluation([e["val_loss"] for e in trajectory], cfg.early_stopping_threshold) == len(trajectory) - 1:
-            best.update(val=val_loss, step=step, state=_trainable(m), kl=kl)
+            best.update(val=val_loss, step=step, state=snapshot(m), kl=kl)
 
     t0 = time.perf_counter()
     result = finetune(model, ctx.tokenizer, ctx.data, method, cfg, on_eval=at_eval)
     seconds = time.perf_counter() - t0
     hist = result.history
     if best["state"] is not None:
-        _load_trainable(result.model, best["state"])
+        restore(result.model, best["state"])
     t1 = time.perf_counter()
     record = {"method": method, "init": init, "lr": lr, "seed": seed, "seconds": seconds,
               "median_step_s": hist.median_step_s(),
@@ -113,7 +103,7 @@ class Context:
     pad_id: int
     base_lp: list = None    # the base's log-probabilities on those answers (kit.engine.evaluate)
     nf4_lp: list = None     # ... and the 4-bit base's, once QLoRA needs them
-    started: list = None    # [perf_counter at the last wall-clock entry] (see _clock)
+    started: list = None    # [perf_counter at the last wall-clock entry] (see kit.study.records.clock)
 
     def references(self, method: str) -> dict:
         refs = {"fp32": self.base_lp}
@@ -123,10 +113,6 @@ class Context:
                 self.nf4_lp = reference_log_probs(nf4, self.general, self.pad_id)
             refs["nf4"] = self.nf4_lp
         return refs
-
-
-def _read(path: Path):
-    return read_json(path, "study") if path.exists() else None
 
 
 def _base_record(ctx: Context) -> dict:
@@ -144,7 +130,7 @@ def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
     """Run (or resume) the study into `out`; returns the summary (also <out>/study.json)."""
     cfg = cfg or StudyConfig()
     ctx = _start(cfg, Path(out))
-    base_rec = _read(ctx.out / "base.json")
+    base_rec = read_record(ctx.out / "base.json")
     if base_rec is None:
         base_rec = _base_record(ctx)
         write_json(ctx.out / "base.json", base_rec)
@@ -153,15 +139,15 @@ def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
     bar = tqdm(total=plan(cfg), desc="study runs", unit="run", file=sys.stderr, smoothing=0)
     runs = [r for method in cfg.methods for r in _method_runs(ctx, method, bar)]
     bar.close()
-    wall = _clock(ctx.out, ctx.started)
-    summary = study_report.summarize(_jsonable(cfg), runs, base_rec)
+    wall = clock(ctx.out, ctx.started)
+    summary = study_report.summarize(jsonable(cfg), runs, base_rec)
     summary |= {"hardware": hardware(), "versions": library_versions(),
                 "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": _commit(),
+                "command": "python -m kit study" + (" --quick" if cfg == QUICK else ""), "commit": commit(),
                 "train_seconds": sum(r["seconds"] + r.get("measure_seconds", 0) for r in runs),
                 "wall_s": wall["wall_s"], "calls": wall["calls"]}
     write_json(ctx.out / "study.json", summary)
-    return _read(ctx.out / "study.json")          # as JSON holds it (tuples become lists)
+    return read_record(ctx.out / "study.json")          # as JSON holds it (tuples become lists)
 
 
 def _start(cfg: StudyConfig, out: Path) -> Context:
@@ -169,11 +155,11 @@ def _start(cfg: StudyConfig, out: Path) -> Context:
     own answers to the general prompts (generated once, then read from general_answers.json)."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
     started = [time.perf_counter()]          # the wall clock since the last entry in wall.json
-    settings = _read(out / "settings.json")
-    if settings is not None and settings != _jsonable(cfg):
+    settings = read_record(out / "settings.json")
+    if settings is not None and settings != jsonable(cfg):
         raise ValueError(f"{out} holds a study with other settings; use another --out, or delete it.")
-    write_json(out / "settings.json", _jsonable(cfg))
-    _clock(out, started, new_call=True)
+    write_json(out / "settings.json", jsonable(cfg))
+    clock(out, started, new_call=True)
     base, tokenizer = load_model(cfg.model)
     data = make_task(cfg.task, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
     pad_id = pad_token_id(tokenizer)
@@ -182,7 +168,7 @@ def _start(cfg: StudyConfig, out: Path) -> Context:
         answers = reference_answers(base, tokenizer, GENERAL_PROMPTS[:cfg.n_general],
                                     max_new_tokens=cfg.general_tokens)
         write_json(general_file, answers.to_dict())
-    general = tokenize(Dataset.from_dict(_read(general_file)), tokenizer)
+    general = tokenize(Dataset.from_dict(read_record(general_file)), tokenizer)
     return Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
                    RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
                    started=started)
@@ -193,7 +179,7 @@ def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
     rate), the other seeds at the chosen rate, and for QLoRA the LoftQ arm at that rate."""
     cfg = ctx.cfg
     rates = sorted(cfg.rates[method])
-    sweep = {lr: _run_or_read(ctx, method, lr, 0, bar) for lr in rates}
+    sweep = {lr: _run_orread_record(ctx, method, lr, 0, bar) for lr in rates}
     for _ in range(cfg.extend):        # the best rate at an edge: one more rate beyond it
         best = choose(sweep)
         if best not in (rates[0], rates[-1]) or len(rates) < 2:
@@ -202,47 +188,24 @@ def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
         new = float(f"{(best / step if best == rates[0] else best * step):.3g}")
         bar.total += 1
         rates = sorted(rates + [new])
-        sweep[new] = _run_or_read(ctx, method, new, 0, bar)
+        sweep[new] = _run_orread_record(ctx, method, new, 0, bar)
     chosen = choose(sweep)
-    runs = list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
+    runs = list(sweep.values()) + [_run_orread_record(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
     if quantization(method):             # LoftQ starts the adapters from what loading lost
-        runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
+        runs += [_run_orread_record(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
     return runs
 
 
-def _clock(out: Path, started: list, new_call: bool = False) -> dict:
-    """Add the wall time since the last entry to <out>/wall.json, after every run, so a study
-    stopped and resumed (over several sessions) still adds up to its true wall time; `calls`
-    counts the commands that worked on it."""
-    now = time.perf_counter()
-    wall = _read(out / "wall.json") or {"wall_s": 0.0, "calls": 0}
-    wall = {"wall_s": wall["wall_s"] + now - started[0], "calls": wall["calls"] + new_call}
-    started[0] = now
-    write_json(out / "wall.json", wall)
-    return wall
-
-
-def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar, init: str = "plain") -> dict:
+def _run_orread_record(ctx: Context, method: str, lr: float, seed: int, bar, init: str = "plain") -> dict:
     """A finished run is read from its file; otherwise it is trained and measured."""
     path = ctx.out / "runs" / f"{run_name(method, lr, seed, init)}.json"
-    record = _read(path)
+    record = read_record(path)
     if record is None:
         bar.set_postfix_str(path.stem)
         record = train_one(ctx, method, lr, seed, init)
         write_json(path, record)
-        _clock(ctx.out, ctx.started)
+        clock(ctx.out, ctx.started)
     else:
         bar.initial += 1
     bar.update(1)
     return record
-
-
-def _commit() -> str | None:
-    """The kit's git commit, "-dirty" when the clone has uncommitted changes (None outside a clone)."""
-    import subprocess
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=5)
-    except OSError:
-        return None
-    return done.stdout.strip() or None

@@ -12,7 +12,7 @@ import yaml
 
 from kit.arch import quantization, resolve_arch
 from kit.commands.recipe.knobs import KNOBS, SECTIONS
-from kit.commands.recipe.parse import RecipeError, _closest, coerce
+from kit.commands.recipe.parse import RecipeError, closest, coerce
 from kit.engine.train import TrainConfig
 from kit.files import RUNS
 from kit.machine.device import bnb_error, profile
@@ -34,7 +34,7 @@ def find(config: str) -> Path:
         return named
     known = names()
     raise RecipeError(f"--config {config!r} is neither a file nor a recipe name. Recipes: "
-                      f"{', '.join(known)}.{_closest(config, known)}")
+                      f"{', '.join(known)}.{closest(config, known)}")
 
 
 def names() -> list[str]:
@@ -180,5 +180,5 @@ def accelerate_config(name: str) -> Path:
     path = RECIPES_DIR / "accelerate" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (RECIPES_DIR / "accelerate").glob("*.yaml"))
-        raise RecipeError(f"name must be one of {', '.join(known)}; got {name!r}.{_closest(name, known)}")
+        raise RecipeError(f"name must be one of {', '.join(known)}; got {name!r}.{closest(name, known)}")
     return path

@@ -16,7 +16,7 @@ class RecipeError(UserError):
 
 
 # ---------------------------------------------------------------------------- values
-def _closest(word: str, options) -> str:
+def closest(word: str, options) -> str:
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -49,7 +49,7 @@ def _typed(spec: dataclasses.Field, value):
 def coerce(name: str, value, where: str = "recipe"):
     """Check `value` for knob `name` (from YAML or a --knob value string); return it typed."""
     if name not in KNOBS:
-        raise RecipeError(f"Unknown knob '{name}' ({where}).{_closest(name, KNOBS)} "
+        raise RecipeError(f"Unknown knob '{name}' ({where}).{closest(name, KNOBS)} "
                           f"Valid knobs: {', '.join(KNOBS)}.")
     spec = KNOBS[name]
     out = _typed(spec, value)
@@ -64,7 +64,7 @@ def coerce(name: str, value, where: str = "recipe"):
     try:
         check_value(name, out, spec)
     except ValueError as e:
-        hint = _closest(out, spec.metadata["choices"]) if spec.metadata.get("choices") else ""
+        hint = closest(out, spec.metadata["choices"]) if spec.metadata.get("choices") else ""
         raise RecipeError(f"{str(e).rstrip('.')} ({where}).{hint}") from None
     return out
 
@@ -100,7 +100,7 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, str]]:
     for arg in rest:
         if arg.startswith("--"):
             name = arg[2:].partition("=")[0].replace("-", "_")
-            raise RecipeError(f"Unknown knob '{name}' (--{name}).{_closest(name, KNOBS)} "
+            raise RecipeError(f"Unknown knob '{name}' (--{name}).{closest(name, KNOBS)} "
                               "python -m kit finetune --help lists every knob.")
         raise RecipeError(f"Expected --knob value, got {arg!r}. Example: --max_steps 100 --lora_r 16.")
     overrides = vars(known)
