@@ -137,9 +137,11 @@ def test_validation_loss_is_the_token_weighted_answer_loss(tiny):
 
 def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny):
     """validation_loss, answer_scores and the log-probabilities behind the forgetting KL ask the
-    model for logits where some row has an answer token only; the scores equal those computed
-    from the logits at every position."""
+    model for logits where some row has an answer token only, on batches of similar length; the
+    scores, in the items' order, equal those computed from the logits at every position."""
     import torch.nn.functional as F
+
+    from kit.engine.evaluate.scoring import _answer_batches
     model, tok = tiny
     data = kd.tokenize(kd.make_task("dates", n_train=0, n_val=0, n_test=6, seed=1)["test"], tok)
     pad = kd.pad_token_id(tok)
@@ -150,17 +152,20 @@ def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny
         lp = ke.reference_log_probs(model, data, pad, batch_size=3)
     finally:
         hook.remove()
-    nll, exact, full_lp = [], [], []
+    nll, exact, full_lp, widths = {}, {}, [], []
     with torch.no_grad():
-        for inputs, mask, labels in ke._answer_batches(data, pad, 3, torch.device("cpu")):
-            width = inputs["input_ids"].shape[1]
+        for inputs, mask, labels, index in _answer_batches(data, pad, 3, torch.device("cpu")):
+            widths.append(inputs["input_ids"].shape[1])
             logits = model(**inputs).logits[:, :-1].float()                        # every position
             loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-            nll += ((loss * mask).sum(1) / mask.sum(1)).tolist()
-            exact += ((logits.argmax(-1) == labels) | ~mask).all(1).tolist()
+            for row, i in enumerate(index):
+                nll[i] = ((loss[row] * mask[row]).sum() / mask[row].sum()).item()
+                exact[i] = bool(((logits[row].argmax(-1) == labels[row]) | ~mask[row]).all())
             full_lp.append(F.log_softmax(logits, -1)[mask])
-    assert all(k < width - 1 for k in seen)                       # fewer positions than the sequence's
-    assert scores["nll"] == pytest.approx(nll, rel=1e-5) and scores["exact"] == exact
+    assert all(k < w - 1 for k, w in zip(seen, widths))          # fewer positions than the sequence's
+    assert widths == sorted(widths, reverse=True)                  # batches by length, longest first
+    assert scores["nll"] == pytest.approx([nll[i] for i in range(6)], rel=1e-5)
+    assert scores["exact"] == [exact[i] for i in range(6)]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(lp, full_lp))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,9 +35,11 @@ def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
                        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
 
 
-def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "plain") -> dict:
+def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "plain", keep: bool = False) -> dict:
     """Train one run to its plateau (or the cap), measuring forgetting at every evaluation, then
-    measure it at its best-validation step. -> the run's record (written to <out>/runs/)."""
+    measure it at its best-validation step. -> the run's record (written to <out>/runs/).
+    keep: a sweep run, measured only if its rate is chosen: its model at the best step is kept
+    in ctx.kept (`_measure_kept`) and its record says "measured": None until then."""
     model, _ = load_model(ctx.cfg.model, quantization=quantization(method))
     cfg = _config(ctx.cfg, lr, seed)
     loftq = None
@@ -65,14 +67,18 @@ def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "pl
     hist = result.history
     if best["state"] is not None:
         restore(result.model, best["state"])
-    t1 = time.perf_counter()
     record = {"method": method, "init": init, "lr": lr, "seed": seed, "seconds": seconds,
               "median_step_s": hist.median_step_s(),
               "trainable": trainable_parameters(result.model),
               "train_loss": hist.losses, "history": trajectory, "stop": hist.stop,
               "steps": len(hist.steps), "best_step": best["step"],
               "best_val": best["val"] if math.isfinite(best["val"]) else None,
-              "loftq": loftq, "measured": measure(ctx, method, result.model, kl=best["kl"])}
+              "loftq": loftq, "measured": None, "measure_seconds": 0.0}
+    if keep:
+        ctx.kept[run_name(method, lr, seed, init)] = (result.model, best["kl"])
+        return record
+    t1 = time.perf_counter()
+    record["measured"] = measure(ctx, method, result.model, kl=best["kl"])
     record["measure_seconds"] = time.perf_counter() - t1
     return record
 
@@ -104,6 +110,7 @@ class Context:
     base_lp: list = None    # the base's log-probabilities on those answers (kit.engine.evaluate)
     nf4_lp: list = None     # ... and the 4-bit base's, once QLoRA needs them
     started: list = None    # [perf_counter at the last wall-clock entry] (see kit.study.records.clock)
+    kept: dict = field(default_factory=dict)   # sweep runs not yet measured: name -> (model, its best KL)
 
     def references(self, method: str) -> dict:
         refs = {"fp32": self.base_lp}
@@ -179,7 +186,7 @@ def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
     rate), the other seeds at the chosen rate, and for QLoRA the LoftQ arm at that rate."""
     cfg = ctx.cfg
     rates = sorted(cfg.rates[method])
-    sweep = {lr: _run_orread_record(ctx, method, lr, 0, bar) for lr in rates}
+    sweep = {lr: _run_or_read(ctx, method, lr, 0, bar, keep=True) for lr in rates}
     for _ in range(cfg.extend):        # the best rate at an edge: one more rate beyond it
         best = choose(sweep)
         if best not in (rates[0], rates[-1]) or len(rates) < 2:
@@ -188,21 +195,41 @@ def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
         new = float(f"{(best / step if best == rates[0] else best * step):.3g}")
         bar.total += 1
         rates = sorted(rates + [new])
-        sweep[new] = _run_orread_record(ctx, method, new, 0, bar)
+        sweep[new] = _run_or_read(ctx, method, new, 0, bar, keep=True)
     chosen = choose(sweep)
-    runs = list(sweep.values()) + [_run_orread_record(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
+    sweep[chosen] = _measure_kept(ctx, method, chosen, sweep[chosen])
+    runs = list(sweep.values()) + [_run_or_read(ctx, method, chosen, s, bar) for s in range(1, cfg.seeds)]
     if quantization(method):             # LoftQ starts the adapters from what loading lost
-        runs += [_run_orread_record(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
+        runs += [_run_or_read(ctx, method, chosen, s, bar, init="loftq") for s in range(cfg.loftq_seeds)]
     return runs
 
 
-def _run_orread_record(ctx: Context, method: str, lr: float, seed: int, bar, init: str = "plain") -> dict:
-    """A finished run is read from its file; otherwise it is trained and measured."""
+def _measure_kept(ctx: Context, method: str, lr: float, record: dict) -> dict:
+    """The chosen rate's sweep run, measured: its kept model, or (trained by an earlier call of
+    the study, whose process ended) trained again and measured. The other kept models are dropped."""
+    if record["measured"] is None:
+        kept = ctx.kept.get(run_name(method, lr, 0))
+        if kept is None:
+            record = train_one(ctx, method, lr, 0)
+        else:
+            t1 = time.perf_counter()
+            record["measured"] = measure(ctx, method, kept[0], kl=kept[1])
+            record["measure_seconds"] = time.perf_counter() - t1
+        write_json(ctx.out / "runs" / f"{run_name(method, lr, 0)}.json", record)
+        clock(ctx.out, ctx.started)
+    ctx.kept.clear()
+    return record
+
+
+def _run_or_read(ctx: Context, method: str, lr: float, seed: int, bar, init: str = "plain",
+                 keep: bool = False) -> dict:
+    """A finished run is read from its file; otherwise it is trained and measured (keep: see
+    train_one)."""
     path = ctx.out / "runs" / f"{run_name(method, lr, seed, init)}.json"
     record = read_record(path)
     if record is None:
         bar.set_postfix_str(path.stem)
-        record = train_one(ctx, method, lr, seed, init)
+        record = train_one(ctx, method, lr, seed, init, keep)
         write_json(path, record)
         clock(ctx.out, ctx.started)
     else:

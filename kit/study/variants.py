@@ -153,7 +153,7 @@ def run(cfg: VariantsConfig | None = None, out=RUNS / "study-variants") -> dict:
            "pad_id": pad_token_id(tokenizer)}
     bar = tqdm(total=plan(cfg), desc="variants runs", unit="run", file=sys.stderr, smoothing=0)
 
-    def run_orread_record(arm, lr, seed):
+    def run_or_read(arm, lr, seed):
         path = out / "runs" / f"{arm}_lr{lr:.3g}_seed{seed}.json"
         record = read_record(path)
         if record is None:
@@ -168,11 +168,11 @@ def run(cfg: VariantsConfig | None = None, out=RUNS / "study-variants") -> dict:
 
     runs, chosen = [], {}
     for arm, rates in cfg.rates.items():
-        sweep = {lr: run_orread_record(arm, lr, 0) for lr in sorted(rates)}
+        sweep = {lr: run_or_read(arm, lr, 0) for lr in sorted(rates)}
         chosen[arm] = choose(sweep)
-        runs += list(sweep.values()) + [run_orread_record(arm, chosen[arm], s) for s in range(1, cfg.seeds)]
+        runs += list(sweep.values()) + [run_or_read(arm, chosen[arm], s) for s in range(1, cfg.seeds)]
     for arm in cfg.targets:
-        runs += [run_orread_record(arm, chosen["lora"], s) for s in range(cfg.seeds)]
+        runs += [run_or_read(arm, chosen["lora"], s) for s in range(cfg.seeds)]
     bar.close()
     wall = clock(out, started)
     summary = summarize(jsonable(cfg), runs) | {

@@ -30,7 +30,7 @@ def validation_loss(model, tokenized, pad_token_id: int, batch_size: int = 8) ->
     model.eval()
     total, tokens = 0.0, 0
     try:
-        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+        for inputs, mask, labels, _ in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
             logits, mask, labels = _scored_logits(model, inputs, mask, labels)      # (B, K, V)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum").item()
@@ -44,18 +44,27 @@ def validation_loss(model, tokenized, pad_token_id: int, batch_size: int = 8) ->
 
 
 def _answer_batches(tokenized, pad_token_id: int, batch_size: int, device):
-    """The tokenized rows in collated batches, with the mask of answer positions: position t
-    predicts token t+1, so the mask and targets are the labels shifted by one."""
+    """The tokenized rows in collated batches of similar length (longest first, so a batch holds
+    little padding), with the mask of answer positions (position t predicts token t+1, so the mask
+    and targets are the labels shifted by one) and the rows' indices in `tokenized`: per-item
+    scores are put back in its order (`_in_order`)."""
     if "labels" not in getattr(tokenized, "column_names", []):
         raise ValueError("scoring answers needs tokenized data (with labels); call "
                          "kit.engine.data.tokenize(dataset, tokenizer) first.")
     cols = tokenized.select_columns(["input_ids", "attention_mask", "labels"]).to_dict()
     rows = [{k: cols[k][i] for k in cols} for i in range(len(tokenized))]
-    for start in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size], pad_token_id).items()}
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_token_id).items()}
         labels = batch["labels"][:, 1:]
         yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, \
-            labels != IGNORE_INDEX, labels
+            labels != IGNORE_INDEX, labels, index
+
+
+def _in_order(pairs: list[tuple[int, object]]) -> list:
+    """[(row index, value), ...] in any order -> the values in row order."""
+    return [v for _, v in sorted(pairs, key=lambda p: p[0])]
 
 
 def _scored_logits(model, inputs: dict, mask, labels):
@@ -85,7 +94,7 @@ def reference_log_probs(reference, tokenized, pad_token_id: int, batch_size: int
     reference.eval()
     try:
         return [_log_probs(reference, inputs, mask, labels).cpu()
-                for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
+                for inputs, mask, labels, _ in _answer_batches(tokenized, pad_token_id, batch_size, _device(reference))]
     finally:
         reference.train(was_training)
 
@@ -102,8 +111,8 @@ def divergences(model, references: dict, tokenized, pad_token_id: int, batch_siz
     was_training, tokens = model.training, 0
     model.eval()
     try:
-        for i, (inputs, mask, labels) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
-                                                                   _device(model))):
+        for i, (inputs, mask, labels, index) in enumerate(_answer_batches(tokenized, pad_token_id, batch_size,
+                                                                          _device(model))):
             log_q = _log_probs(model, inputs, mask, labels)                           # (n, V)
             target = labels[mask][:, None]                                            # (n, 1)
             row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (n,)
@@ -116,14 +125,14 @@ def divergences(model, references: dict, tokenized, pad_token_id: int, batch_siz
                 out["kl"] += kl_tok.sum().item()
                 out["nll"] -= log_q.gather(1, target).sum().item()
                 out["reference_nll"] -= log_p.gather(1, target).sum().item()
-                out["per_item_kl"] += (per_row / counts.clamp(min=1)).tolist()
+                out["per_item_kl"] += list(zip(index, (per_row / counts.clamp(min=1)).tolist()))
             tokens += int(mask.sum())
     finally:
         model.train(was_training)
     if tokens == 0:
         raise ValueError("No answer tokens to score (every label is -100).")
     return {name: {"kl": v["kl"] / tokens, "nll": v["nll"] / tokens, "reference_nll": v["reference_nll"] / tokens,
-                   "tokens": tokens, "per_item_kl": v["per_item_kl"]} for name, v in sums.items()}
+                   "tokens": tokens, "per_item_kl": _in_order(v["per_item_kl"])} for name, v in sums.items()}
 
 
 def divergence(model, reference, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
@@ -170,17 +179,18 @@ def answer_scores(model, tokenized, pad_token_id: int, batch_size: int = 16) -> 
     was_training = model.training
     model.eval()
     try:
-        for inputs, mask, labels in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
+        for inputs, mask, labels, index in _answer_batches(tokenized, pad_token_id, batch_size, _device(model)):
             logits, mask, labels = _scored_logits(model, inputs, mask, labels)           # (B, K, V)
             loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, K)
             hit = (logits.argmax(-1) == labels) | ~mask                                  # non-answer: ignored
             counts = mask.sum(1)
-            nll += ((loss * mask).sum(1) / counts.clamp(min=1)).tolist()
-            exact += hit.all(1).tolist()
+            nll += list(zip(index, ((loss * mask).sum(1) / counts.clamp(min=1)).tolist()))
+            exact += list(zip(index, hit.all(1).tolist()))
             tokens += int(counts.sum())
     finally:
         model.train(was_training)
     if tokens == 0:
         raise ValueError("No answer tokens to score (every label is -100).")
+    nll, exact = _in_order(nll), _in_order(exact)
     return {"nll": nll, "exact": exact, "mean_nll": statistics.fmean(nll),
             "accuracy": sum(exact) / len(exact), "tokens": tokens}
