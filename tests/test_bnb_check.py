@@ -153,7 +153,7 @@ def test_the_check_catches_per_row_blocks_and_decodes_those_shapes_with_kit_quan
 
 def test_a_layer_still_wrong_after_the_workarounds_is_refused_naming_layer_shape_and_fix(tiny, monkeypatch):
     model, _ = tiny
-    monkeypatch.setattr(bnb_check, "_measure", lambda layer, shape, decoded: bnb_check.Probe(
+    monkeypatch.setattr(bnb_check.probe, "_measure", lambda layer, shape, decoded: bnb_check.Probe(
         tuple(shape), 64, "nf4", 0.0, 0.5, False, False, decoded))
     with pytest.raises(bnb_check.Bnb4bitError, match=r"layer model\.layers\.0\.[\w.]+ \(shape \d+ x \d+, block "
                                                        r"size 64, nf4\).*Fix: load the model without quantization"):

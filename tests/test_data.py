@@ -423,9 +423,9 @@ def test_load_hub_picks_columns_and_splits_like_load_local(tmp_path, monkeypatch
 
     local = kf.load_local(write_rows(tmp_path / "qa.jsonl", rows[:20]), "question", "answer",
                           seed=3)
-    monkeypatch.setattr(kf, "_offline", lambda: False)
-    monkeypatch.setattr(kf, "hub_reachable", lambda: True)
-    monkeypatch.setattr(kf, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(kf.files, "_offline", lambda: False)
+    monkeypatch.setattr(kf.files, "hub_reachable", lambda: True)
+    monkeypatch.setattr(kf.files, "load_dataset", fake_load_dataset)
     with pytest.warns(kf.SkippedRowsWarning, match="hub dataset 'me/qa': skipped 1 of 21 rows"):
         hub = kf.load_hub("me/qa", "question", "answer", split="train", seed=3)
     assert asked == {"dataset_id": "me/qa", "config": None, "split": "train"}

@@ -58,7 +58,7 @@ def test_generate_pads_with_kit_data_pad_token_id(tiny, monkeypatch):
     assert ke.generate(model, tok, ["Hi", "Hello there"]) == ["", ""]
     assert model.seen["pad_token_id"] == kd.pad_token_id(tok)
     assert model.seen["eos_token_id"] == kd.end_of_turn(tok)[1]
-    monkeypatch.setattr(ke, "pad_token_id", lambda tokenizer: 7)  # the one place that decides
+    monkeypatch.setattr(ke.generation, "pad_token_id", lambda tokenizer: 7)  # the one place that decides
     ke.generate(model, tok, ["Hi"])
     assert model.seen["pad_token_id"] == 7
 
@@ -96,7 +96,7 @@ def test_exact_match_counts_with_a_stand_in_generate(monkeypatch):
                    "p3": "no", "p4": "y"}
         return [answers[p] for p in prompts]
 
-    monkeypatch.setattr(ke, "generate", fake_generate)
+    monkeypatch.setattr(ke.generation, "generate", fake_generate)
     from kit.machine.models import load_model
     tok = load_model("tiny-llama")[1]
     r = ke.exact_match(None, tok, data, batch_size=7)
@@ -171,7 +171,7 @@ def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny
 
 # ----------------------------------------------------------------------------- retention
 def test_retention_is_case_insensitive_substring(monkeypatch):
-    monkeypatch.setattr(ke, "generate", lambda m, t, prompts, **kw:
+    monkeypatch.setattr(ke.generation, "generate", lambda m, t, prompts, **kw:
                         ["The capital is PARIS.", "I don't know.", "berlin"][:len(prompts)])
     probe = [("Capital of France?", "Paris"), ("Capital of Italy?", "Rome"),
              ("Capital of Germany?", "Berlin")]

@@ -162,8 +162,8 @@ def test_qlora_needs_a_4bit_base_and_usable_bitsandbytes(tiny_shared, tiny4, mon
         prepare_model(tiny_shared[0], "qlora")
     with pytest.raises(ValueError, match=r"LoRA on a 4-bit base is QLoRA, use method='qlora'"):
         prepare_model(tiny4[0], "lora")
-    import kit.engine.train
-    monkeypatch.setattr(kit.engine.train, "read_profile", lambda: make_profile("cpu", bnb_backend=""))
+    import kit.engine.train.prepare
+    monkeypatch.setattr(kit.engine.train.prepare, "read_profile", lambda: make_profile("cpu", bnb_backend=""))
     with pytest.raises(ValueError, match=r"method='qlora' cannot run here: .*bitsandbytes"):
         prepare_model(tiny4[0], "qlora")
 
