@@ -118,8 +118,9 @@ def _study(args) -> int:
         print(f"written to {out}/variants.json")
         return 0
     from kit.study import plots as study_plots, report as study_report, run as study
+    from kit.study.design import QUICK, for_this_machine
     out = args.out or RUNS / ("study-quick" if args.quick else "study")
-    summary = study.run(study.QUICK if args.quick else study.for_this_machine(), out)
+    summary = study.run(QUICK if args.quick else for_this_machine(), out)
     study_plots.save_all(summary, f"{out}/figures")
     print(study_report.report(summary))
     print(f"written to {out}/study.json and {out}/figures/")

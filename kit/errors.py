@@ -41,7 +41,7 @@ def _raised_by_the_kit(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == KIT
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(KIT)
 
 
 def is_user_error(error: BaseException) -> bool:

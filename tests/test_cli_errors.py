@@ -120,7 +120,7 @@ def test_a_damaged_recipe_in_the_run_folder_to_resume_is_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, said", [
-    (["--lora_r", "-1"], "error: lora_r must be >= 1; got -1."),
+    (["--lora_r", "-1"], "error: r must be an integer >= 1, got -1 (lora_r in kit.engine.train.TrainConfig)."),
     (["--method", "foo"], "error: method must be one of ['full', 'lora', 'qlora']; got 'foo' (--method)"),
     (["--model", "no-such-model"], "error: model: Unknown model name 'no-such-model'. Use one of"),
     (["--config", "no-such-recipe"], "error: --config 'no-such-recipe' is neither a file nor a recipe name"),

@@ -42,7 +42,7 @@ def test_the_loss_covers_every_assistant_turn_and_nothing_else(tokenizer):
     # the first answer sees exactly what generation would see: the prompt up to its header
     first = labels.index(next(x for x in labels if x != IGNORE_INDEX))
     assert tokenizer.decode(ids[:first]) == chat_prompt(tokenizer, turns[:2])
-    rows = tokenize(formats._conversations(Dataset.from_list(CHAT), "chat"), tokenizer)
+    rows = tokenize(formats.rows._conversations(Dataset.from_list(CHAT), "chat"), tokenizer)
     assert rows[0]["labels"] == labels
 
 

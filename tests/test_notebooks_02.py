@@ -15,7 +15,7 @@ recorded = recorded_run("02_lora_from_scratch")
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_b_zero_leaves_the_model_unchanged(recorded):
-    _, res = recorded
+    _, _, res = recorded
     assert res["b0_layer_max_abs_diff"] == 0.0        # one layer, B = 0: exactly W X
     assert res["b0_block_max_abs_diff"] == 0.0        # q_proj and v_proj of one block, by hand
     assert res["b0_model_max_abs_diff"] == 0.0        # the whole model's logits
@@ -27,7 +27,7 @@ def test_b_zero_leaves_the_model_unchanged(recorded):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_the_hand_written_layer_counts_and_merges(recorded):
-    _, res = recorded
+    _, _, res = recorded
     counts = res["counts_by_rank"]
     rank = str(res["rank"])
     assert res["block_trainable"] * res["layers"] == counts["q_proj, v_proj"][rank]  # one block of 30
@@ -41,7 +41,7 @@ def test_the_hand_written_layer_counts_and_merges(recorded):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_the_kit_and_peft_agree_with_the_hand_written_layer(recorded):
-    _, res = recorded
+    _, _, res = recorded
     effect = res["adapter_effect_max_abs"]
     kit = res["kit_lora"]
     assert kit["names_agree"]                          # inject wraps the layers add_lora wraps
@@ -78,7 +78,7 @@ def test_a_real_update_is_nearly_low_rank(recorded):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_exercises(recorded):
-    _, res = recorded
+    _, _, res = recorded
     facts = res["exercises"]["3"]["facts"]
     layer, longer = res["exercises"]["3"]["answer"]
     rising = facts["energy_by_step"][-1] > facts["energy_by_step"][0]

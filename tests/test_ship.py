@@ -7,6 +7,7 @@ from test_adapters import sample_batch, with_adapter
 from transformers import AutoModelForCausalLM
 
 from kit.commands import chat
+from kit.engine import compare as side_by_side
 from kit.engine.adapters import load_adapter, logits, save_adapter, save_merged
 from kit.machine.models import load_model
 
@@ -29,17 +30,17 @@ def test_compare_answers_with_base_each_adapter_and_merged_streaming(two_adapter
     pieces = {}
     merged = save_merged(model, two_adapters[2] / "merged", tok, dtype=torch.float32)
     merged_model = AutoModelForCausalLM.from_pretrained(merged["path"])
-    replies = chat.compare(model, tok, "Say hi.", merged=merged_model, max_new_tokens=12,
+    replies = side_by_side.compare(model, tok, "Say hi.", merged=merged_model, max_new_tokens=12,
                            on_text=lambda name, piece: pieces.setdefault(name, []).append(piece))
     assert list(replies) == ["base", "default", "second", "merged"]
     plain, _ = load_model("tiny-llama")
-    assert replies["base"] == chat.answer(plain, tok, "Say hi.", max_new_tokens=12)   # adapters off = base
+    assert replies["base"] == side_by_side.answer(plain, tok, "Say hi.", max_new_tokens=12)   # adapters off = base
     assert replies["merged"] == replies["default"]                   # merged = the active adapter
     for name, text in replies.items():                               # what streamed is the answer
         assert "".join(pieces.get(name, [])).strip() == text
     assert model.active_adapter == "default"                         # compare left it as it was
     with pytest.raises(ValueError, match="needs a model with adapters"):
-        chat.compare(plain, tok, "hi")
+        side_by_side.compare(plain, tok, "hi")
 
 
 def test_the_terminal_chat_and_an_adapter_that_does_not_fit(two_adapters, monkeypatch, capsys):

@@ -130,7 +130,7 @@ def test_linear_names_lists_the_targets(tiny_shared):
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides,match", [
-    ({"lora_r": 0}, r"lora_r must be >= 1; got 0"),
+    ({"lora_r": 0}, r"r must be an integer >= 1, got 0 \(lora_r"),
     ({"lora_r": 2.5}, r"lora_r must be a whole number; got 2.5"),
     ({"lora_alpha": 0}, r"alpha \(lora_alpha\) must be a number > 0"),
     ({"lora_dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
