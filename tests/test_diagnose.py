@@ -168,14 +168,23 @@ def test_the_command_on_a_clean_recipe_prints_no_finding():
     assert "gradient norm per group of layers" in run.stdout and "fits sequences up to about" in run.stdout
 
 
+def test_bad_input_is_one_error_line_from_the_command():
+    assert "is not a folder" in one_error_line(kit("diagnose", "--run", "no/such/folder"))
+
+
 @pytest.mark.parametrize("args,says", [
-    (["--run", "no/such/folder"], "is not a folder"),
     (["--run", "kit"], "is not a run folder"),
     (["--config", "cpu-lora", "--lora_r", "zero"], "lora_r"),
     (["--config", "cpu-lora", "--gpu", "T5"], "--gpu"),
 ])
-def test_bad_input_is_one_error_line(args, says):
-    assert says in one_error_line(kit("diagnose", *args))
+def test_bad_input_is_one_error_line(args, says, capsys):
+    """The same entry point as `python -m kit diagnose`, in this process (the command itself:
+    the test above)."""
+    from kit.__main__ import main
+    assert main(["diagnose", *args]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip().startswith("error: ") and len(out.err.strip().splitlines()) == 1
+    assert says in out.err and "Traceback" not in out.err + out.out
 
 
 def test_a_lora_b_whose_output_never_reaches_the_loss_is_caught(tiny, batch):

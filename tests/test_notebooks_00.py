@@ -3,11 +3,11 @@
 import pytest
 from conftest import assert_exercises, recorded_run
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("00_setup")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_bundled_model_answers_offline(recorded):
     _, _, res = recorded
     assert "Paris" in res["answer"]
@@ -15,8 +15,6 @@ def test_the_bundled_model_answers_offline(recorded):
     assert res["device"]["compute_dtype"] in ("float32", "float16", "bfloat16")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_bitsandbytes_4_bit_is_checked_on_this_cpu(recorded):
     _, _, res = recorded
     check = res["bnb_4bit_check"]             # bitsandbytes against kit.scratch.quant and a backward pass
@@ -24,8 +22,6 @@ def test_bitsandbytes_4_bit_is_checked_on_this_cpu(recorded):
     assert check["line"].startswith("bitsandbytes 4-bit on this CPU: ")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_16_bits_halve_the_weights_and_4_bits_take_under_a_third(recorded):
     folder, _, res = recorded
     ratio = res["footprint_ratio"]
@@ -34,8 +30,6 @@ def test_16_bits_halve_the_weights_and_4_bits_take_under_a_third(recorded):
     assert (folder / "figures" / "00_footprints.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_4_bits_is_not_one_eighth_what_stays_unquantized(recorded):
     _, _, res = recorded
     share = res["unquantized_share"]                    # embedding, norms, untied head
@@ -44,8 +38,6 @@ def test_4_bits_is_not_one_eighth_what_stays_unquantized(recorded):
     assert share["smollm2-135m"] == pytest.approx(res["embedding_parameters"] / res["parameters"], abs=0.001)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_fp16_underflows_where_bf16_does_not(recorded):
     _, _, res = recorded
     fp16 = res["formats"]["float16"]
@@ -54,8 +46,6 @@ def test_fp16_underflows_where_bf16_does_not(recorded):
     assert res["formats"]["bfloat16"]["smallest_normal"] == res["formats"]["float32"]["smallest_normal"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     _, _, res = recorded
     assert_exercises(res, wrong={1: 0.5, 2: 500.0, 3: "bfloat16"})

@@ -7,11 +7,11 @@ from conftest import assert_exercises, recorded_run
 
 from kit.scratch.stats import wilson
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("01_full_finetuning")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_loop_written_out_computes_what_the_kit_computes(recorded):
     _, _, res = recorded
     loop = res["inline_loop"]
@@ -22,8 +22,6 @@ def test_the_loop_written_out_computes_what_the_kit_computes(recorded):
     assert loop["schedule_matches"] is True                       # the schedule written out == kit.engine.train.lr_at
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_every_parameter_trains_and_the_ledger_shows_it(recorded):
     _, _, res = recorded
     assert res["trainable"] == res["parameters"] and res["trainable_share"] == 1.0
@@ -34,8 +32,6 @@ def test_every_parameter_trains_and_the_ledger_shows_it(recorded):
     assert ledger["activations"] > 0 and res["step_time_s"] > 0
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_losses_are_recorded_per_evaluation(recorded):
     _, params, res = recorded
     steps, every = params["STEPS"], params["EVAL_EVERY"]
@@ -46,8 +42,6 @@ def test_losses_are_recorded_per_evaluation(recorded):
     assert res["best_eval_step"] in [e["step"] for e in res["evals"]]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_accuracy_retention_estimate_and_overview(recorded):
     folder, _, res = recorded
     for key in ("accuracy_before", "accuracy_after", "retention_before", "retention_after"):
@@ -65,8 +59,6 @@ def test_accuracy_retention_estimate_and_overview(recorded):
         assert (folder / "checkpoints" / "01_full" / "model.safetensors").exists()
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_accuracy_states_its_interval(recorded):
     _, params, res = recorded
     assert res["test_total"] == params["N_TEST"]
@@ -77,8 +69,6 @@ def test_the_accuracy_states_its_interval(recorded):
         assert high - low > 0.1                                 # a few test items: a wide interval
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_exercises_check_both_ways(recorded):
     _, _, res = recorded
     assert_exercises(res, wrong={1: [True, "rises"], 2: [25.5, 0.63], 3: [["activations", "logits"], 64]})

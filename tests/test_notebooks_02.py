@@ -9,11 +9,11 @@ from kit.commands.runner import NOTEBOOKS, smoke_parameters
 NB = NOTEBOOKS / "02_lora_from_scratch.ipynb"
 
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("02_lora_from_scratch")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_b_zero_leaves_the_model_unchanged(recorded):
     _, _, res = recorded
     assert res["b0_layer_max_abs_diff"] == 0.0        # one layer, B = 0: exactly W X
@@ -24,8 +24,6 @@ def test_b_zero_leaves_the_model_unchanged(recorded):
     assert res["formula_max_abs_diff"] < 1e-4         # LoRA(X) == (W + s B A) X + b
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_hand_written_layer_counts_and_merges(recorded):
     _, _, res = recorded
     counts = res["counts_by_rank"]
@@ -38,8 +36,6 @@ def test_the_hand_written_layer_counts_and_merges(recorded):
     assert res["unmerge_weight_max_abs_diff"] < 1e-5
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_kit_and_peft_agree_with_the_hand_written_layer(recorded):
     _, _, res = recorded
     effect = res["adapter_effect_max_abs"]
@@ -58,8 +54,6 @@ def test_the_kit_and_peft_agree_with_the_hand_written_layer(recorded):
     assert peft["merge_max_abs_diff"] < 1e-3 * effect + 1e-4
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_a_real_update_is_nearly_low_rank(recorded):
     folder, _, res = recorded
     params = smoke_parameters(NB)
@@ -75,8 +69,6 @@ def test_a_real_update_is_nearly_low_rank(recorded):
         assert (folder / "figures" / f"{name}.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_exercises(recorded):
     _, _, res = recorded
     facts = res["exercises"]["3"]["facts"]
@@ -88,8 +80,6 @@ def test_exercises(recorded):
     assert check.check_of("02", 3)(["last" if layer == "first" else "first", longer], **facts) is False
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_an_update_from_01_is_scored_on_01s_task(tmp_path, tiny):
     """With 01's checkpoint in the run folder, the update is 01's (its task and steps, not
     SVD_STEPS) and the losses are scored on 01's own validation examples of that task (on

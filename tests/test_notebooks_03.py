@@ -5,11 +5,11 @@ from conftest import assert_exercises, recorded_run
 
 from kit.files import REPO_ROOT
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("03_lora_in_practice")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_few_parameters_train_and_training_helps(recorded):
     _, _, res = recorded
     assert res["rank"] == 8 and res["trainable_share"] < 0.02
@@ -25,8 +25,6 @@ def test_few_parameters_train_and_training_helps(recorded):
     assert row["method"] == "lora" and row["trainable_share"] == res["trainable_share"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_quick_run_states_its_interval(recorded):
     _, params, res = recorded
     assert res["n_test"] == params["N_TEST"]
@@ -39,8 +37,6 @@ def test_the_quick_run_states_its_interval(recorded):
         assert verdict == "different" or verdict.startswith("could not detect (smallest detectable: ")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_adapter_file_is_small_and_reloads_and_merges(recorded):
     _, _, res = recorded
     assert res["adapter_bytes"] < 0.05 * res["model_bytes"]
@@ -49,8 +45,6 @@ def test_adapter_file_is_small_and_reloads_and_merges(recorded):
     assert res["lora_modules_after_merge"] == 0
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_swap_changes_outputs_and_disable_restores_the_base(recorded):
     _, _, res = recorded
     assert res["swap_max_abs_diff"] > 1e-2
@@ -58,8 +52,6 @@ def test_swap_changes_outputs_and_disable_restores_the_base(recorded):
     assert len(set(res["adapter_names"])) == 2        # two adapters, two names
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_sweeps_are_recorded(recorded):
     folder, params, res = recorded
     sweep = sorted(res["sweep"], key=lambda x: x["r"])
@@ -77,8 +69,6 @@ def test_sweeps_are_recorded(recorded):
         assert (folder / "figures" / f"{name}.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_exercises(recorded):
     _, params, res = recorded
     ex = res["exercises"]

@@ -3,11 +3,11 @@
 import pytest
 from conftest import assert_exercises, recorded_run
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("04_quantization")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_int8_absmax_by_hand_equals_the_kit_and_bitsandbytes(recorded):
     tmp_path, _, res = recorded
     # the notebook's absmax int8 (per tensor, per row) is kit.scratch.quant's and bitsandbytes' (per row)
@@ -20,8 +20,6 @@ def test_int8_absmax_by_hand_equals_the_kit_and_bitsandbytes(recorded):
     assert i8["per_row_mse"] < i8["per_tensor_mse"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_nf4_from_normal_quantiles_is_the_kits_and_bitsandbytes(recorded):
     tmp_path, _, res = recorded
     # code books: the notebook's NF4 from normal quantiles is the kit's and bitsandbytes'; its E2M1
@@ -33,8 +31,6 @@ def test_nf4_from_normal_quantiles_is_the_kits_and_bitsandbytes(recorded):
     assert cb["fp4_smallest_nonzero"]["bitsandbytes"] == pytest.approx(1 / 192)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_kits_nf4_is_bitsandbytes_nf4_bit_for_bit(recorded):
     tmp_path, _, res = recorded
     # the kit's NF4 is bitsandbytes' NF4: same levels, same codes, same dequantized weights
@@ -52,8 +48,6 @@ def test_the_kits_nf4_is_bitsandbytes_nf4_bit_for_bit(recorded):
     assert all(v is True for v in res["fp4_check"].values()), res["fp4_check"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_error_falls_about_6_db_per_bit(recorded):
     tmp_path, _, res = recorded
     # error falls as bits rise (and about 6 dB per bit once the grid is fine)
@@ -66,8 +60,6 @@ def test_error_falls_about_6_db_per_bit(recorded):
     assert all(a < b for a, b in zip(memory, memory[1:]))
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_blockwise_beats_per_tensor_and_double_quant_costs_4_127_bits(recorded):
     tmp_path, _, res = recorded
     # blockwise beats one absmax per tensor; double quantization: 4.5 -> about 4.127 bits
@@ -80,8 +72,6 @@ def test_blockwise_beats_per_tensor_and_double_quant_costs_4_127_bits(recorded):
     assert dq["bnb_double_bits_per_param"] == pytest.approx(dq["double_bits_per_param"], abs=0.002)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_nf4_has_the_smallest_4_bit_error(recorded):
     tmp_path, _, res = recorded
     # NF4 has the smallest error of the 4-bit code books on real weights, both FP4s included
@@ -91,8 +81,6 @@ def test_nf4_has_the_smallest_4_bit_error(recorded):
     assert fe["FP4 (E2M1)"] < fe["FP4 (bitsandbytes)"]          # 1/192 is nearly a second zero
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_a_4_bit_model_takes_under_a_third_and_2_bits_break_it(recorded):
     tmp_path, _, res = recorded
     # whole model: the 4-bit model's weights take less than a third of fp32's; 2 bits break it
@@ -106,8 +94,6 @@ def test_a_4_bit_model_takes_under_a_third_and_2_bits_break_it(recorded):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     tmp_path, _, res = recorded
     # the exercises: each check passes with its solution, fails unanswered and with a wrong answer

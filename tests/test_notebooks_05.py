@@ -3,11 +3,11 @@
 import pytest
 from conftest import assert_exercises, recorded_run
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("05_qlora")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_base_is_4_bit_the_adapters_are_not(recorded):
     tmp_path, _, res = recorded
     # the base is 4-bit, the adapters are not (the seed says QLoRA quantizes A and B: it does not)
@@ -18,8 +18,6 @@ def test_the_base_is_4_bit_the_adapters_are_not(recorded):
     assert res["adapter_dtypes"]["4-bit base weight"]["trainable"] is False
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_4_bit_bases_own_weight_memory(recorded):
     tmp_path, _, res = recorded
     # the 4-bit base's own weight memory, without the adapters (fp32 on a CPU: 4 bytes each)
@@ -28,8 +26,6 @@ def test_the_4_bit_bases_own_weight_memory(recorded):
     assert row["weight_memory_mb"] - res["base_weight_mb"] == pytest.approx(res["trainable"] * 4 / 1e6, rel=0.02)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_qlora_trains_exactly_loras_parameters(recorded):
     tmp_path, _, res = recorded
     # QLoRA trains exactly LoRA's parameters at the same rank
@@ -37,8 +33,6 @@ def test_qlora_trains_exactly_loras_parameters(recorded):
     assert res["trainable_share"] == pytest.approx(res["lora_trainable_share"], rel=1e-6)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_loss_falls(recorded):
     tmp_path, _, res = recorded
     # training works: the loss falls (the smoke run trains tiny-llama, whose exact match stays
@@ -46,8 +40,6 @@ def test_the_loss_falls(recorded):
     assert res["train_loss"][-1] < res["train_loss"][0]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_checkpointing_and_kbit_preparation_as_measured(recorded):
     tmp_path, _, res = recorded
     # gradient checkpointing trades activations for time (on tiny-llama little: the logits over its
@@ -70,8 +62,6 @@ def test_checkpointing_and_kbit_preparation_as_measured(recorded):
         assert step["lora_b_moved_share"] == 1.0, label
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_one_run_states_its_interval(recorded):
     tmp_path, _, res = recorded
     # one run states its interval
@@ -80,8 +70,6 @@ def test_one_run_states_its_interval(recorded):
     assert res["correct_after"] == round(res["accuracy_after"] * res["n_test"])
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_nf4_damages_the_weights_less_than_fp4(recorded):
     tmp_path, _, res = recorded
     # NF4 damages the weights less than FP4
@@ -89,8 +77,6 @@ def test_nf4_damages_the_weights_less_than_fp4(recorded):
     assert 0 < q["nf4"]["relative_weight_mse"] < q["fp4"]["relative_weight_mse"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_merging_into_the_dequantized_base_matches_requantizing_rounds(recorded):
     tmp_path, _, res = recorded
     # merge: dequantize + add matches the adapter model; re-quantizing rounds again
@@ -107,8 +93,6 @@ def test_merging_into_the_dequantized_base_matches_requantizing_rounds(recorded)
     assert rounding["requantized_vs_base_max_logit_diff"] > 0
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_its_overview_row_and_figures(recorded):
     tmp_path, _, res = recorded
     row = res["overview_row"]
@@ -123,8 +107,6 @@ def test_its_overview_row_and_figures(recorded):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     tmp_path, _, res = recorded
     # the exercises: each check passes with its solution, fails unanswered and with a wrong answer

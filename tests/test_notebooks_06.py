@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_exercises, run_notebook
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 NAME = "06_choosing_a_method"
 
 
@@ -40,8 +42,6 @@ def overview(res) -> dict:
     return rows
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_memory_and_the_share_trained_order_the_methods(recorded):
     _, res, _ = recorded
     rows = overview(res)
@@ -58,8 +58,6 @@ def test_memory_and_the_share_trained_order_the_methods(recorded):
     assert full["bytes_per_param"] > lora["bytes_per_param"] > qlora["bytes_per_param"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_estimators_7b_figures_against_the_seeds(recorded):
     _, res, _ = recorded
     # the estimator's 7B figures against the seed's
@@ -73,8 +71,6 @@ def test_the_estimators_7b_figures_against_the_seeds(recorded):
     assert "floor" in notes[("7B", "qlora-4")] and "A and B" in notes[("7B", "qlora-4")]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_estimated_equals_measured_on_the_bundled_model(recorded):
     _, res, _ = recorded
     # estimated against measured on the bundled model: weights, gradients, optimizer agree
@@ -84,8 +80,6 @@ def test_estimated_equals_measured_on_the_bundled_model(recorded):
             assert by[comp]["ratio"] == pytest.approx(1, rel=0.05), (method, comp)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_calculator_fits_7b_qlora_on_a_t4_and_the_figures(recorded):
     tmp_path, res, _ = recorded
     calc = res["calculator"]
@@ -96,8 +90,6 @@ def test_the_calculator_fits_7b_qlora_on_a_t4_and_the_figures(recorded):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 5_000
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_quality_comes_from_the_study_with_its_verdicts(recorded):
     _, res, summary = recorded
     rows = overview(res)
@@ -127,8 +119,6 @@ def test_quality_comes_from_the_study_with_its_verdicts(recorded):
     assert study["lr_ratio"]["lora/full"] == pytest.approx(study["methods"]["lora"]["chosen_lr"] / study["methods"]["full"]["chosen_lr"])
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_decision_names_the_estimators_error_band(recorded):
     _, res, _ = recorded
     # the decision names the estimator's error band where the headroom is smaller than it
@@ -142,15 +132,11 @@ def test_the_decision_names_the_estimators_error_band(recorded):
     assert "error band" in res["decision"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     _, res, _ = recorded
     assert_exercises(res, wrong={1: (["full-amp", "lora"], False), 2: (8192, 8192), 3: 10.0})
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_tables_follow_rank_and_gpu(tmp_path, smoke_study):
     tiny = {"MODEL": "tiny-llama", "STEPS": 1, "EXERCISES": False}
     a = run(tmp_path / "a", smoke_study, RANK=4, GPU="T4", **tiny)

@@ -7,11 +7,11 @@ a wrong answer."""
 import pytest
 from conftest import assert_exercises, recorded_run
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("07_scaling_out")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_a_stopped_command_resumes_into_the_uninterrupted_run(recorded):
     tmp_path, params, res = recorded
     steps = params["STEPS"]
@@ -28,8 +28,6 @@ def test_a_stopped_command_resumes_into_the_uninterrupted_run(recorded):
     assert res["recipe"]["model"] == params["MODEL"] and res["recipe"]["max_steps"] == steps
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_two_processes_see_different_batches_and_end_equal(recorded):
     tmp_path, params, res = recorded
     steps = params["STEPS"]
@@ -44,8 +42,6 @@ def test_two_processes_see_different_batches_and_end_equal(recorded):
     assert one["examples_per_s"] > 0 and two["examples_per_s"] > 0
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_per_gpu_memory_ddp_flat_fsdp_falling(recorded):
     tmp_path, params, res = recorded
     # 3. per-GPU memory: DDP flat, FSDP falling, below DDP from 2 GPUs (JSON keys are strings)
@@ -69,8 +65,6 @@ def test_per_gpu_memory_ddp_flat_fsdp_falling(recorded):
     assert res["ddp_bucket_copy_7b_full_2gpus_gb"] > gb["llama-2-7b"]["full"]["ddp"]["2"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_fsdp_divides_the_4_bit_base_ddp_does_not(recorded):
     tmp_path, params, res = recorded
     # 4. QLoRA across GPUs: FSDP divides the 4-bit base, DDP does not
@@ -79,8 +73,6 @@ def test_fsdp_divides_the_4_bit_base_ddp_does_not(recorded):
     assert res["qlora_70b_fewest_24gb"] == 2
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_gpu_check_ledger_equals_the_estimate_on_a_cpu(recorded):
     tmp_path, params, res = recorded
     # 5. the GPU check ran on the CPU: the ledger and the estimate agree, no CUDA peak
@@ -91,8 +83,6 @@ def test_the_gpu_check_ledger_equals_the_estimate_on_a_cpu(recorded):
         assert r["ratio"] == pytest.approx(1, rel=0.05)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_its_figures_and_timings(recorded):
     tmp_path, params, res = recorded
     for fig in ("07_resume", "07_data_parallel", "07_per_gpu_by_count", "07_per_gpu"):
@@ -101,8 +91,6 @@ def test_its_figures_and_timings(recorded):
                                                        "two_processes", "gpu_check", "notebook", "ex1", "ex3"}
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     tmp_path, params, res = recorded
     # exercises: half the batch on two processes = the one-process examples, but not its losses;

@@ -7,11 +7,11 @@ from conftest import assert_exercises, recorded_run
 
 from kit.engine.train import PARITY_TOLERANCE
 
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 recorded = recorded_run("08_your_own_data")
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_three_formats_are_detected_and_a_bad_row_is_named(recorded):
     _, _, res = recorded
     kinds = {name: f["format"] for name, f in res["formats"].items()}
@@ -20,23 +20,17 @@ def test_three_formats_are_detected_and_a_bad_row_is_named(recorded):
     assert "row 2" in res["malformed_error"] and "ends on a user turn" in res["malformed_error"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_only_the_assistant_turns_are_trained(recorded):
     _, _, res = recorded
     mask = res["mask"]
     assert mask["loss_tokens"] == mask["assistant_tokens"] and mask["assistant_turns"] >= 2
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_grouping_by_length_pads_less(recorded):
     _, _, res = recorded
     assert res["padding"]["group_by_length"]["padding"] < res["padding"]["random"]["padding"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_trl_computes_the_kits_losses(recorded):
     _, _, res = recorded
     for method in ("lora", "qlora"):                       # the kit's loop and TRL's SFTTrainer agree
@@ -44,16 +38,12 @@ def test_trl_computes_the_kits_losses(recorded):
         assert len(p["kit"]) == len(p["trl"]) >= 2 and p["max_rel_diff"] < PARITY_TOLERANCE, (method, p)
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_merged_model_answers_as_the_adapter_does(recorded):
     _, _, res = recorded
     assert set(res["replies"]) == {"base", "default", "merged"}
     assert res["replies"]["merged"] == res["replies"]["default"]
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_what_it_ships_loads_in_plain_transformers_and_peft(recorded):
     _, _, res = recorded
     s = res["shipped"]
@@ -64,8 +54,6 @@ def test_what_it_ships_loads_in_plain_transformers_and_peft(recorded):
     assert s["merge_max_diff"] < 5e-4 and s["qlora_merge_max_diff"] < 5e-4
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
 def test_the_exercises_check_both_ways(recorded):
     _, _, res = recorded
     assert_exercises(res, wrong={1: 1, 2: 0.99, 3: False})

@@ -123,6 +123,7 @@ def smoke(tmp_path_factory):
     return out, study.run(study.QUICK, out)
 
 
+@pytest.mark.slow
 def test_smoke_study_records_what_notebook_06_reads(smoke, tmp_path):
     out, s = smoke
     assert json.loads((out / "study.json").read_text()) == json.loads(json.dumps(s))
@@ -171,6 +172,7 @@ def test_smoke_study_records_what_notebook_06_reads(smoke, tmp_path):
     assert set(study_plots.save_all(s, tmp_path)) == set(study_plots.FIGURES)
 
 
+@pytest.mark.slow
 def test_the_study_resumes_without_running_finished_runs(smoke, monkeypatch):
     out, first = smoke
     monkeypatch.setattr(study, "train_one", lambda *a, **k: pytest.fail("a finished run ran again"))

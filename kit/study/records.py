@@ -31,6 +31,20 @@ def clock(out: Path, started: list, new_call: bool = False) -> dict:
     return wall
 
 
+def open_folder(out: Path, cfg, what: str = "study") -> list:
+    """<out>/runs made, <out>/settings.json checked against `cfg` (a folder that holds another
+    design is refused: its runs would not be comparable) and written, and this call counted on
+    the wall clock. -> started, for `clock`."""
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    started = [time.perf_counter()]          # the wall clock since the last entry in wall.json
+    settings = read_record(out / "settings.json")
+    if settings is not None and settings != jsonable(cfg):
+        raise ValueError(f"{out} holds a {what} with other settings; use another --out, or delete it.")
+    write_json(out / "settings.json", jsonable(cfg))
+    clock(out, started, new_call=True)
+    return started
+
+
 def jsonable(cfg) -> dict:
     """A settings dataclass as JSON holds it (tuples become lists): what settings.json compares."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))

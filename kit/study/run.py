@@ -24,7 +24,7 @@ from kit.machine.models import load_model
 from kit.scratch.lora import trainable_parameters
 from kit.study import report as study_report
 from kit.study.design import QUICK, StudyConfig, choose, plan, run_name
-from kit.study.records import clock, commit, jsonable, read_record, restore, snapshot
+from kit.study.records import clock, commit, jsonable, open_folder, read_record, restore, snapshot
 
 
 def _config(cfg: StudyConfig, lr: float, seed: int) -> TrainConfig:
@@ -160,13 +160,7 @@ def run(cfg: StudyConfig | None = None, out=RUNS / "study") -> dict:
 def _start(cfg: StudyConfig, out: Path) -> Context:
     """The study's folder checked against its settings, the base model, the data, and the base's
     own answers to the general prompts (generated once, then read from general_answers.json)."""
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    started = [time.perf_counter()]          # the wall clock since the last entry in wall.json
-    settings = read_record(out / "settings.json")
-    if settings is not None and settings != jsonable(cfg):
-        raise ValueError(f"{out} holds a study with other settings; use another --out, or delete it.")
-    write_json(out / "settings.json", jsonable(cfg))
-    clock(out, started, new_call=True)
+    started = open_folder(out, cfg)
     base, tokenizer = load_model(cfg.model)
     data = make_task(cfg.task, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
     pad_id = pad_token_id(tokenizer)

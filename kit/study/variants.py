@@ -43,7 +43,7 @@ from kit.machine.models import load_model
 from kit.scratch import stats
 from kit.scratch.lora import trainable_parameters
 from kit.study.design import choose
-from kit.study.records import clock, commit, jsonable, read_record, restore, snapshot
+from kit.study.records import clock, commit, jsonable, open_folder, read_record, restore, snapshot
 from kit.study.report import compare
 
 VARIANTS = {"lora": {}, "dora": {"use_dora": True}, "rslora": {"use_rslora": True},
@@ -140,13 +140,7 @@ def run(cfg: VariantsConfig | None = None, out=RUNS / "study-variants") -> dict:
     """Run (or resume) the variants arm into `out`; returns the summary (also <out>/variants.json)."""
     cfg = cfg or VariantsConfig()
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    started = [time.perf_counter()]
-    settings = read_record(out / "settings.json")
-    if settings is not None and settings != jsonable(cfg):
-        raise ValueError(f"{out} holds a variants arm with other settings; use another --out, or delete it.")
-    write_json(out / "settings.json", jsonable(cfg))
-    clock(out, started, new_call=True)
+    started = open_folder(out, cfg, "variants arm")
     _, tokenizer = load_model(cfg.model)
     data = make_task(cfg.task, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
     ctx = {"tokenizer": tokenizer, "data": data, "test": tokenize(data["test"], tokenizer),
