@@ -62,7 +62,7 @@ class VariantsConfig:
     batch_size: int = 8
     warmup_steps: int = 4
     schedule: str = "constant_with_warmup"
-    eval_steps: int = 8
+    eval_steps: int = 12             # the best of steps 0, 12 and 24
     lora_r: int = 8
     lora_alpha: float = 16
     rates: dict = field(default_factory=lambda: {
@@ -95,8 +95,10 @@ def _knobs(cfg: VariantsConfig, arm: str, arch) -> dict:
     return dict(VARIANTS[arm])
 
 
-def train_one(cfg: VariantsConfig, ctx: dict, arm: str, lr: float, seed: int) -> dict:
-    """One run of `arm` at `lr`: -> its record (history, best step, answer NLL per test item)."""
+def train_one(cfg: VariantsConfig, ctx: dict, arm: str, lr: float, seed: int, keep: bool = False) -> dict:
+    """One run of `arm` at `lr`: -> its record (history, best step, answer NLL per test item).
+    keep: a sweep run, scored only if its rate is chosen: its model at the best step waits in
+    ctx["kept"] (`_score_kept`), its record says "measured": None until then."""
     model, _ = load_model(cfg.model)
     knobs = _knobs(cfg, arm, model.config)
     config = TrainConfig(max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size, learning_rate=lr,
@@ -123,13 +125,20 @@ def train_one(cfg: VariantsConfig, ctx: dict, arm: str, lr: float, seed: int) ->
     result = finetune(model, ctx["tokenizer"], ctx["data"], "lora", config, on_eval=at_eval)
     seconds = time.perf_counter() - t0
     restore(result.model, best["state"])
-    scores = answer_scores(result.model, ctx["test"], ctx["pad_id"])
-    return {"arm": arm, "lr": lr, "seed": seed, "knobs": knobs, "seconds": seconds,
-            "median_step_s": result.history.median_step_s(),
-            "trainable": trainable_parameters(result.model),
-            "history": trajectory, "best_step": best["step"],
-            "best_val": best["val"] if math.isfinite(best["val"]) else None,
-            "measured": {"answer_nll": scores["nll"], "mean_nll": scores["mean_nll"], "accuracy": scores["accuracy"]}}
+    record = {"arm": arm, "lr": lr, "seed": seed, "knobs": knobs, "seconds": seconds,
+              "median_step_s": result.history.median_step_s(),
+              "trainable": trainable_parameters(result.model),
+              "history": trajectory, "best_step": best["step"],
+              "best_val": best["val"] if math.isfinite(best["val"]) else None, "measured": None}
+    if keep:
+        ctx.setdefault("kept", {})[(arm, lr, seed)] = result.model
+        return record
+    return record | {"measured": _scores(result.model, ctx)}
+
+
+def _scores(model, ctx: dict) -> dict:
+    scores = answer_scores(model, ctx["test"], ctx["pad_id"])
+    return {"answer_nll": scores["nll"], "mean_nll": scores["mean_nll"], "accuracy": scores["accuracy"]}
 
 
 def plan(cfg: VariantsConfig) -> int:
@@ -146,27 +155,15 @@ def run(cfg: VariantsConfig | None = None, out=RUNS / "study-variants") -> dict:
     ctx = {"tokenizer": tokenizer, "data": data, "test": tokenize(data["test"], tokenizer),
            "pad_id": pad_token_id(tokenizer)}
     bar = tqdm(total=plan(cfg), desc="variants runs", unit="run", file=sys.stderr, smoothing=0)
-
-    def run_or_read(arm, lr, seed):
-        path = out / "runs" / f"{arm}_lr{lr:.3g}_seed{seed}.json"
-        record = read_record(path)
-        if record is None:
-            bar.set_postfix_str(path.stem)
-            record = train_one(cfg, ctx, arm, lr, seed)
-            write_json(path, record)
-            clock(out, started)
-        else:
-            bar.initial += 1                 # read, not trained: not part of the ETA's pace
-        bar.update(1)
-        return record
-
+    ctx |= {"out": out, "started": started, "bar": bar}
     runs, chosen = [], {}
     for arm, rates in cfg.rates.items():
-        sweep = {lr: run_or_read(arm, lr, 0) for lr in sorted(rates)}
+        sweep = {lr: _run_or_read(cfg, ctx, arm, lr, 0, keep=True) for lr in sorted(rates)}
         chosen[arm] = choose(sweep)
-        runs += list(sweep.values()) + [run_or_read(arm, chosen[arm], s) for s in range(1, cfg.seeds)]
+        sweep[chosen[arm]] = _score_kept(cfg, ctx, sweep[chosen[arm]])
+        runs += list(sweep.values()) + [_run_or_read(cfg, ctx, arm, chosen[arm], s) for s in range(1, cfg.seeds)]
     for arm in cfg.targets:
-        runs += [run_or_read(arm, chosen["lora"], s) for s in range(cfg.seeds)]
+        runs += [_run_or_read(cfg, ctx, arm, chosen["lora"], s) for s in range(cfg.seeds)]
     bar.close()
     wall = clock(out, started)
     summary = summarize(jsonable(cfg), runs) | {
@@ -175,6 +172,38 @@ def run(cfg: VariantsConfig | None = None, out=RUNS / "study-variants") -> dict:
         "wall_s": wall["wall_s"], "calls": wall["calls"]}
     write_json(out / "variants.json", summary)
     return read_record(out / "variants.json")
+
+
+def _path(ctx: dict, arm: str, lr: float, seed: int) -> Path:
+    return ctx["out"] / "runs" / f"{arm}_lr{lr:.3g}_seed{seed}.json"
+
+
+def _run_or_read(cfg: VariantsConfig, ctx: dict, arm: str, lr: float, seed: int, keep: bool = False) -> dict:
+    """A finished run read from its file, or trained (keep: see train_one) and written."""
+    path, bar = _path(ctx, arm, lr, seed), ctx["bar"]
+    record = read_record(path)
+    if record is None:
+        bar.set_postfix_str(path.stem)
+        record = train_one(cfg, ctx, arm, lr, seed, keep)
+        write_json(path, record)
+        clock(ctx["out"], ctx["started"])
+    else:
+        bar.initial += 1                 # read, not trained: not part of the ETA's pace
+    bar.update(1)
+    return record
+
+
+def _score_kept(cfg: VariantsConfig, ctx: dict, record: dict) -> dict:
+    """The chosen rate's sweep run, scored: its kept model, or (trained by an earlier call, whose
+    process ended) trained again. The other kept models are dropped."""
+    if record["measured"] is None:
+        model = ctx.get("kept", {}).get((record["arm"], record["lr"], record["seed"]))
+        record = (record | {"measured": _scores(model, ctx)} if model is not None
+                  else train_one(cfg, ctx, record["arm"], record["lr"], record["seed"]))
+        write_json(_path(ctx, record["arm"], record["lr"], record["seed"]), record)
+        clock(ctx["out"], ctx["started"])
+    ctx.pop("kept", None)
+    return record
 
 
 def summarize(settings: dict, runs: list[dict]) -> dict:
