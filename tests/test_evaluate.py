@@ -137,21 +137,26 @@ def test_validation_loss_is_the_token_weighted_answer_loss(tiny):
 
 def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny):
     """validation_loss, answer_scores and the log-probabilities behind the forgetting KL ask the
-    model for logits where some row has an answer token only, on batches of similar length; the
-    scores, in the items' order, equal those computed from the logits at every position."""
+    model for logits where some row has an answer token only, on batches of similar length, the
+    rows' shared beginning run once; the scores, in the items' order, equal those computed from
+    the logits at every position in one call."""
     import torch.nn.functional as F
 
     from kit.engine.evaluate.scoring import _answer_batches
     model, tok = tiny
     data = kd.tokenize(kd.make_task("dates", n_train=0, n_val=0, n_test=6, seed=1)["test"], tok)
     pad = kd.pad_token_id(tok)
-    seen = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    seen, lengths = [], []
+    hooks = [model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1])),
+             model.model.register_forward_hook(lambda m, args, kwargs, o: lengths.append(kwargs["input_ids"].shape[1]),
+                                               with_kwargs=True)]
     try:
         scores = ke.answer_scores(model, data, pad, batch_size=3)
         lp = ke.reference_log_probs(model, data, pad, batch_size=3)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+
     nll, exact, full_lp, widths = {}, {}, [], []
     with torch.no_grad():
         for inputs, mask, labels, index in _answer_batches(data, pad, 3, torch.device("cpu")):
@@ -164,6 +169,10 @@ def test_the_output_layer_runs_on_answer_positions_only_and_scores_the_same(tiny
             full_lp.append(F.log_softmax(logits, -1)[mask])
     assert all(k < w - 1 for k, w in zip(seen, widths))          # fewer positions than the sequence's
     assert widths == sorted(widths, reverse=True)                  # batches by length, longest first
+    # per batch two calls: the beginning every row shares (system prompt, instruction) for one
+    # row, then the rest of every row
+    pairs = list(zip(lengths[0::2], lengths[1::2]))
+    assert len(lengths) == 8 and all(p >= ke.scoring.SHARED_MIN and p + r == w for (p, r), w in zip(pairs, widths))
     assert scores["nll"] == pytest.approx([nll[i] for i in range(6)], rel=1e-5)
     assert scores["exact"] == [exact[i] for i in range(6)]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(lp, full_lp))

@@ -3,6 +3,7 @@ forgetting KL against a reference, each test item's answer NLL and exact match.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 
@@ -69,13 +70,41 @@ def _in_order(pairs: list[tuple[int, object]]) -> list:
 
 def _scored_logits(model, inputs: dict, mask, labels):
     """The next-token logits, in fp32, only at the positions where some row of the batch has an
-    answer token: (B, K, V), with the mask and labels cut to the same K positions. The output
-    layer (hidden size x vocabulary) then runs on K positions, not all of them: on the bundled
-    model it is a fifth of the forward pass, and answers are short beside their prompts.
-    (transformers' `logits_to_keep` with the positions as a tensor.)"""
+    answer token: (B, K, V), with the mask and labels cut to the same K positions. Two savings,
+    the same numbers: the output layer (hidden size x vocabulary) runs on K positions, not all of
+    them (transformers' `logits_to_keep`); and the tokens every row begins with (the chat
+    template's system prompt, a task's instruction) run once, their keys and values shared by
+    the batch (`_shared_prefix`)."""
     keep = mask.any(0).nonzero().squeeze(1)                                          # (K,)
-    logits = model(**inputs, logits_to_keep=keep).logits.float()                     # (B, K, V)
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    shared = _shared_prefix(ids, attention, int(keep[0]) if len(keep) else 0)
+    if shared:
+        out = model(input_ids=ids[:1, :shared], use_cache=True)                     # one row
+        cache = out.get("cache") or out.get("past_key_values")   # transformers 5 names it cache
+        cache.batch_repeat_interleave(ids.shape[0])
+        logits = model(input_ids=ids[:, shared:], attention_mask=attention, use_cache=True,
+                       logits_to_keep=keep - shared, **{_cache_name(model): cache}).logits.float()
+    else:
+        logits = model(**inputs, logits_to_keep=keep).logits.float()
     return logits, mask[:, keep], labels[:, keep]
+
+
+SHARED_MIN = 8   # shorter common beginnings are not worth a second forward call
+
+
+def _cache_name(model) -> str:
+    """What the model's forward calls the keys and values of earlier tokens: `cache` from
+    transformers 5 on, `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _shared_prefix(ids, attention, limit: int) -> int:
+    """How many leading tokens every row of the batch has in common (all real tokens), at most
+    `limit` (the first position whose logits are scored), 0 if fewer than SHARED_MIN."""
+    same = ((ids == ids[:1]) & (attention == 1)).all(0).long()                      # (T,)
+    n = min(int(same.cumprod(0).sum()), limit)
+    return n if n >= SHARED_MIN else 0
 
 
 @torch.no_grad()
