@@ -47,6 +47,16 @@ def test_the_readme_is_the_rendering_of_the_reference():
         "README.md is not the rendering of lessons/templates/README.md: run `python -m kit lessons`"
 
 
+def test_a_learners_run_renders_every_lesson(tmp_path):
+    """A run folder of `make run` has its results and outcomes.json but no reference.json (nor the
+    reference's benchmarks): every template renders."""
+    import shutil
+    shutil.copytree(lessons.REFERENCE / "results", tmp_path / "results")
+    shutil.copy(lessons.REFERENCE / "outcomes.json", tmp_path)
+    written = lessons.render_all(tmp_path / "results", lessons.REFERENCE / "study", tmp_path / "lessons")
+    assert sorted(p.name for p in written) == [t.name for t in TEMPLATES]
+
+
 def test_a_key_the_results_do_not_hold_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "99-test.md").write_text("Step time {{ r01.no_such_key | s }}.\n")
     monkeypatch.setattr(lessons, "TEMPLATES", tmp_path)

@@ -98,6 +98,7 @@ def context(results_dir, study_dir=None, figures: str = "reference/figures",
         ctx["study"] = json.loads((Path(study_dir) / "study.json").read_text())
     first = ctx.get("r00") or next((v for k, v in ctx.items() if k.startswith("r")), {})
     ctx["ref"] = {"hardware": first.get("hardware", "unknown hardware"),
+                  "machine": first.get("hardware", "unknown hardware"),   # reference.json says more
                   "date": str(first.get("recorded_at", ""))[:10],
                   "versions": first.get("device", {}).get("versions", {})}
     meta = results_dir.parent / "reference.json"           # the reference run's own description
