@@ -36,11 +36,13 @@ study: setup          ## full vs LoRA vs QLoRA: rate sweeps, seeds, intervals, f
 # gives (not xdist's own: most tests first); TEST_WORKERS=1: one after another.
 TEST_WORKERS ?= 2
 
-test: setup           ## the whole test suite, notebooks and browser test included
-	$(BIN)/python -m pytest -q $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
-test-fast: setup      ## unit tests only: no 135M model, no subprocesses, no notebooks, no browser (~2 min)
-	$(BIN)/python -m pytest -q -m "not slow and not notebook and not browser"
+test: setup           ## the whole test suite, notebooks and browser test included
+	$(BIN)/python -m pytest -q $(XDIST)
+
+test-fast: setup      ## unit tests only: no 135M model, no notebooks, no browser (~1.5 min on 2 cores)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not notebook and not browser"
 
 lab: setup            ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

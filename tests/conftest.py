@@ -85,7 +85,7 @@ def recorded_run(name: str):
 
 # The longest test files (a few minutes each on 2 cores), longest first: run first, so that
 # under pytest-xdist no worker is left with a long file at the end while the other waits.
-LONGEST_FIRST = ["test_notebooks_06.py", "test_notebooks_07.py", "test_notebooks_08.py", "test_notebooks_02.py",
+LONGEST_FIRST = ["test_notebooks_09.py", "test_notebooks_06.py", "test_notebooks_07.py", "test_notebooks_08.py", "test_notebooks_02.py",
                  "test_train.py", "test_browser.py", "test_finetune_cli.py", "test_notebooks_04.py",
                  "test_evaluate.py", "test_notebooks_03.py", "test_notebooks_01.py", "test_notebooks_05.py"]
 

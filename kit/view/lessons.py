@@ -10,7 +10,7 @@ a recorded results file, through a template.
 with their numbers; a test renders the committed lessons from the reference and fails on any
 difference, so a lesson cannot say what the reference does not hold.
 
-In a template: r00 ... r07 are the notebooks' results (results/NN_*.json), `study` is the
+In a template: r00 ... r09 are the notebooks' results (results/NN_*.json), `study` is the
 study's summary (study/study.json), `ref` describes the reference run (hardware, date, versions),
 and `fig("01_loss_curves")` is a figure's path. A missing key is an error naming the template.
 Numbers from papers or the seed keep their citation and are written as text.
@@ -89,28 +89,28 @@ FILTERS = {"pct": pct, "mb": mb, "gb": gb, "num": num, "sig": sig, "s": sec, "x"
 # ---------------------------------------------------------------------------- the context
 def context(results_dir, study_dir=None, figures: str = "reference/figures",
             study_figures: str = "reference/study/figures") -> dict:
-    """What a template sees: r00 ... r07, study, ref, fig(), study_fig()."""
+    """What a template sees: r00 ... r09, study, ref, fig(), study_fig()."""
     results_dir = Path(results_dir)
     ctx = {}
     for path in sorted(results_dir.glob("[0-9][0-9]_*.json")):
-        ctx[f"r{path.name[:2]}"] = json.loads(path.read_text())
+        ctx[f"r{path.name[:2]}"] = read_json(path, "notebook results")
     if study_dir is not None and (Path(study_dir) / "study.json").exists():
-        ctx["study"] = json.loads((Path(study_dir) / "study.json").read_text())
+        ctx["study"] = read_json(Path(study_dir) / "study.json", "study summary")
     first = ctx.get("r00") or next((v for k, v in ctx.items() if k.startswith("r")), {})
-    ctx["ref"] = {"hardware": first.get("hardware", "unknown hardware"),
-                  "machine": first.get("hardware", "unknown hardware"),   # reference.json says more
+    hardware = first.get("hardware", "unknown hardware")
+    ctx["ref"] = {"hardware": hardware, "machine": hardware,   # reference.json says more
                   "date": str(first.get("recorded_at", ""))[:10],
                   "versions": first.get("device", {}).get("versions", {})}
     meta = results_dir.parent / "reference.json"           # the reference run's own description
     if meta.exists():
-        ctx["ref"] |= json.loads(meta.read_text())
+        ctx["ref"] |= read_json(meta, "reference description")
     # what the README quotes beside the notebooks: the benchmark, a recipe run, the notebooks'
     # times (outcomes.json of `python -m kit run`), the GPU check
     for name in ("bench_methods", "bench_padding", "cpu_lora", "outcomes"):
         path = results_dir.parent / f"{name}.json"
         if path.exists():
-            ctx[name] = json.loads(path.read_text())
-    ctx["gpu"] = {p.stem: json.loads(p.read_text()) for p in sorted(GPU_CHECK.glob("*.json"))}
+            ctx[name] = json.loads(path.read_text())   # outcomes.json is a list
+    ctx["gpu"] = {p.stem: read_json(p, "GPU check") for p in sorted(GPU_CHECK.glob("*.json"))}
     ctx["fig"] = lambda name, folder=figures: f"{folder}/{name}.png"
     ctx["study_fig"] = lambda name: f"{study_figures}/{name}.png"
     return ctx

@@ -3,6 +3,7 @@ forgetting KL against a reference, each test item's answer NLL and exact match.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import statistics
@@ -96,7 +97,12 @@ def _cache_name(model) -> str:
     """What the model's forward calls the keys and values of earlier tokens: `cache` from
     transformers 5 on, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return _cache_name_of(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name_of(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _shared_prefix(ids, attention, limit: int) -> int:
