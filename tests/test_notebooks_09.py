@@ -67,7 +67,7 @@ def test_keeping_the_worst_layers_in_16_bit_lowers_the_kl_at_a_memory_cost(recor
 def test_the_variants_arm_is_drawn_and_a_variant_trains_beside_lora(recorded):
     live = recorded["variants_live"]
     # rsLoRA (the cheapest variant to run: DoRA takes twice LoRA's time on a CPU) changes the
-    # scaling, not the shapes: the same trainable count, another update
+    # scaling, not the shapes: the same trainable count; with its scaling and its own rate, another run
     assert set(live) == {"lora", "rslora"} and live["rslora"]["trainable"] == live["lora"]["trainable"]
     assert live["rslora"]["best_val"] != live["lora"]["best_val"]
     if recorded["variants"] is not None:                        # the recorded arm (the reference's)
