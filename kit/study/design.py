@@ -7,11 +7,11 @@ validation loss stops improving:
      horizon), validation loss every `eval_steps` steps on `n_val` items, early stopping after
      `patience` evaluations without an improvement of more than `threshold`, and a cap of
      `max_steps` high enough that the chosen rates stop on a plateau. At every evaluation the
-     forgetting KL on the general prompts too (QLoRA: also from its own 4-bit base), so each
-     run draws a trajectory in the learning-forgetting plane. Each run records why it stopped
+     forgetting KL on the first `n_general_eval` general prompts too (QLoRA: also from its own
+     4-bit base), so each run draws a trajectory in the learning-forgetting plane. Each run records why it stopped
      ("plateau" or "cap") and is measured at its best-validation step: per-item answer NLL and
      exact match (teacher-forced: kit.engine.evaluate.answer_scores) on `n_test` items shared by all
-     methods, KL per general prompt, the capitals probe.
+     methods, KL on each of the `n_general` general prompts, the capitals probe.
   2. a learning-rate sweep per method (seed 0, half-decade rates), extended on the side where the
      lowest validation loss sits at an edge; the chosen rate is the lowest best validation loss.
   3. `seeds` seeds at each chosen rate (the data order, the adapters' initialisation); the
@@ -44,6 +44,7 @@ class StudyConfig:
     n_val: int = 64                # validation loss at every evaluation: picks the rate and the best step
     n_test: int = 512              # items for the headline metrics, the same for every run
     n_general: int = 64            # general prompts for the forgetting KL (of GENERAL_PROMPTS)
+    n_general_eval: int = 32       # ... the first of them at every evaluation (the measurement: all)
     general_tokens: int = 32       # tokens of the base's own answer to each general prompt
     n_probe: int = 30              # capitals questions (kit.engine.data.RETENTION_PROBE)
     max_steps: int = 80            # the cap; a run normally stops earlier, on a plateau
@@ -76,7 +77,8 @@ class StudyConfig:
 
 # About a minute on tiny-llama (random weights: its numbers mean nothing): the whole pipeline and
 # every output, for a try (python -m kit study --quick) and for the tests.
-QUICK = StudyConfig(model="tiny-llama", n_train=64, n_val=8, n_test=16, n_general=6, general_tokens=8,
+QUICK = StudyConfig(model="tiny-llama", n_train=64, n_val=8, n_test=16, n_general=6, n_general_eval=3,
+                    general_tokens=8,
                     n_probe=4, max_steps=6, batch_size=4, warmup_steps=1, eval_steps=2, patience=2,
                     seeds=2, loftq_seeds=2, extend=1,
                     rates={"full": [1e-3, 1e-2], "lora": [1e-2, 1e-1], "qlora": [1e-2, 1e-1]})
@@ -86,7 +88,7 @@ def for_this_machine(cfg: StudyConfig | None = None) -> StudyConfig:
     """The default design, larger where a GPU makes it cheap (a higher cap, more items)."""
     cfg = cfg or StudyConfig()
     if profile().device == "cuda":
-        cfg = dataclasses.replace(cfg, max_steps=200, n_test=1000, n_general=110)
+        cfg = dataclasses.replace(cfg, max_steps=200, n_test=1000, n_general=110, n_general_eval=110)
     return cfg
 
 

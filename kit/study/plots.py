@@ -52,7 +52,7 @@ def plane(summary: dict, title: str = ""):
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", lw=2.2,
                     color=COLORS.get(m, "tab:gray"))
     nf4 = summary["base"]["nf4"]
-    ax.plot([nf4["val_loss"]], [nf4["kl"]], "kD", ms=7, label="4-bit base, untrained")
+    ax.plot([nf4["val_loss"]], [nf4.get("kl_eval", nf4["kl"])], "kD", ms=7, label="4-bit base, untrained")
     ax.axvline(summary["matched_val_loss"], color="k", ls=":", lw=1, label="matched validation loss")
     ax.set_xscale("log")
     ax.set_xlabel("validation loss on the task (learning: lower is better)")

@@ -141,7 +141,10 @@ def summarize(settings: dict, runs: list[dict], base: dict) -> dict:
                               if math.isfinite(e["val_loss"])]) for name in methods}
     return {"settings": settings,
             "base": {k: {"val_loss": v["val_loss"], "accuracy": v["accuracy"], "mean_nll": v["mean_nll"],
-                         "capitals": v["capitals"], "kl": v["kl"]["fp32"]["kl"]} for k, v in base.items()},
+                         "capitals": v["capitals"], "kl": v["kl"]["fp32"]["kl"],
+                         # on the prompts the runs' evaluations score: the base's point in their plane
+                         "kl_eval": statistics.fmean(v["kl"]["fp32"]["per_item_kl"][:settings.get("n_general_eval")])}
+                     for k, v in base.items()},
             "methods": methods, "arms": arms, "matched_val_loss": target, "frontier": fronts,
             "qlora_decomposition": _decomposition(arms, base["nf4"]),
             "comparisons": _comparisons(chosen_runs, target), "lr_ratio": _lr_ratio(methods),

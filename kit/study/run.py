@@ -48,18 +48,18 @@ def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "pl
         torch.manual_seed(seed)
         model = prepare_model(model, method, cfg)
         loftq = init_loftq(model, ctx.base)
-    best = {"val": math.inf, "step": None, "state": None, "kl": None}
+    best = {"val": math.inf, "step": None, "state": None}
     trajectory = []
 
-    def at_eval(step, val_loss, m):
-        kl = divergences(m, ctx.references(method), ctx.general, ctx.pad_id)
+    def at_eval(step, val_loss, m):          # forgetting on the evaluations' share of the prompts
+        kl = divergences(m, ctx.references(method, "eval"), ctx.general_eval, ctx.pad_id)
         trajectory.append({"step": step, "val_loss": val_loss, "kl": kl["fp32"]["kl"],
                            **({"kl_own": kl["nf4"]["kl"]} if "nf4" in kl else {}),
                            "per_item_kl": kl["fp32"]["per_item_kl"]})
         # the best evaluation as early stopping reads it: where the run last improved by more
-        # than the threshold (kit.engine.train.best_evaluation); its weights and KL are what is measured
+        # than the threshold (kit.engine.train.best_evaluation); its weights are what is measured
         if best_evaluation([e["val_loss"] for e in trajectory], cfg.early_stopping_threshold) == len(trajectory) - 1:
-            best.update(val=val_loss, step=step, state=snapshot(m), kl=kl)
+            best.update(val=val_loss, step=step, state=snapshot(m))
 
     t0 = time.perf_counter()
     result = finetune(model, ctx.tokenizer, ctx.data, method, cfg, on_eval=at_eval)
@@ -75,20 +75,20 @@ def train_one(ctx: "Context", method: str, lr: float, seed: int, init: str = "pl
               "best_val": best["val"] if math.isfinite(best["val"]) else None,
               "loftq": loftq, "measured": None, "measure_seconds": 0.0}
     if keep:
-        ctx.kept[run_name(method, lr, seed, init)] = (result.model, best["kl"])
+        ctx.kept[run_name(method, lr, seed, init)] = result.model
         return record
     t1 = time.perf_counter()
-    record["measured"] = measure(ctx, method, result.model, kl=best["kl"])
+    record["measured"] = measure(ctx, method, result.model)
     record["measure_seconds"] = time.perf_counter() - t1
     return record
 
 
-def measure(ctx: "Context", method: str, model, kl: dict | None = None) -> dict:
+def measure(ctx: "Context", method: str, model) -> dict:
     """The headline metrics, now: per-item answer NLL and exact match on the test items, KL per
-    general prompt (QLoRA: from the fp32 base and from its own 4-bit base; `kl`: already
-    measured on these weights, at their evaluation), the capitals probe."""
+    general prompt, all of them (QLoRA: from the fp32 base and from its own 4-bit base), the
+    capitals probe."""
     scores = answer_scores(model, ctx.test, ctx.pad_id)
-    kl = kl or divergences(model, ctx.references(method), ctx.general, ctx.pad_id)
+    kl = divergences(model, ctx.references(method), ctx.general, ctx.pad_id)
     return {"answer_nll": scores["nll"], "exact": scores["exact"],
             "mean_nll": scores["mean_nll"], "accuracy": scores["accuracy"],
             "kl": {name: {"kl": v["kl"], "per_item_kl": v["per_item_kl"]} for name, v in kl.items()},
@@ -105,21 +105,25 @@ class Context:
     test: object            # the tokenized test items
     base: object            # the full-precision base: the reference for forgetting
     general: object         # tokenized base answers to general prompts
+    general_eval: object    # the first cfg.n_general_eval of them: the KL at every evaluation
     probe: list
     pad_id: int
-    base_lp: list = None    # the base's log-probabilities on those answers (kit.engine.evaluate)
-    nf4_lp: list = None     # ... and the 4-bit base's, once QLoRA needs them
+    log_probs: dict = field(default_factory=dict)   # (base, prompts) -> the base's log-probabilities
     started: list = None    # [perf_counter at the last wall-clock entry] (see kit.study.records.clock)
-    kept: dict = field(default_factory=dict)   # sweep runs not yet measured: name -> (model, its best KL)
+    kept: dict = field(default_factory=dict)   # sweep runs not yet measured: name -> model at its best step
 
-    def references(self, method: str) -> dict:
-        refs = {"fp32": self.base_lp}
-        if quantization(method):
-            if self.nf4_lp is None:
-                nf4, _ = load_model(self.cfg.model, quantization="nf4")
-                self.nf4_lp = reference_log_probs(nf4, self.general, self.pad_id)
-            refs["nf4"] = self.nf4_lp
-        return refs
+    def references(self, method: str, prompts: str = "all") -> dict:
+        """The log-probabilities of the bases a run's forgetting is measured from (fp32; QLoRA
+        also its 4-bit base) on the general prompts: "all" (self.general) or "eval"
+        (self.general_eval), each computed once (kit.engine.evaluate.reference_log_probs)."""
+        names = ("fp32", "nf4") if quantization(method) else ("fp32",)
+        if any((name, prompts) not in self.log_probs for name in names):
+            nf4 = load_model(self.cfg.model, quantization="nf4")[0] if "nf4" in names else None
+            for name, base in (("fp32", self.base), ("nf4", nf4)):
+                for key, tokenized in (("all", self.general), ("eval", self.general_eval)):
+                    if name in names and (name, key) not in self.log_probs:
+                        self.log_probs[name, key] = reference_log_probs(base, tokenized, self.pad_id)
+        return {name: self.log_probs[name, prompts] for name in names}
 
 
 def _base_record(ctx: Context) -> dict:
@@ -171,8 +175,8 @@ def _start(cfg: StudyConfig, out: Path) -> Context:
         write_json(general_file, answers.to_dict())
     general = tokenize(Dataset.from_dict(read_record(general_file)), tokenizer)
     return Context(cfg, out, tokenizer, data, tokenize(data["test"], tokenizer), base, general,
-                   RETENTION_PROBE[:cfg.n_probe], pad_id, base_lp=reference_log_probs(base, general, pad_id),
-                   started=started)
+                   general.select(range(min(cfg.n_general_eval, len(general)))),
+                   RETENTION_PROBE[:cfg.n_probe], pad_id, started=started)
 
 
 def _method_runs(ctx: Context, method: str, bar) -> list[dict]:
@@ -207,7 +211,7 @@ def _measure_kept(ctx: Context, method: str, lr: float, record: dict) -> dict:
             record = train_one(ctx, method, lr, 0)
         else:
             t1 = time.perf_counter()
-            record["measured"] = measure(ctx, method, kept[0], kl=kept[1])
+            record["measured"] = measure(ctx, method, kept)
             record["measure_seconds"] = time.perf_counter() - t1
         write_json(ctx.out / "runs" / f"{run_name(method, lr, 0)}.json", record)
         clock(ctx.out, ctx.started)

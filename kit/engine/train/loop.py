@@ -32,9 +32,11 @@ import time
 import zlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kit.engine.data.tokens import IGNORE_INDEX
 from kit.engine.train.config import FinetuneResult, TrainConfig, with_overrides
 from kit.engine.train.optim import lr_at
 from kit.engine.train.run import start_run
@@ -45,6 +47,22 @@ from kit.engine.train.run import start_run
 # (the reference run of notebook 08): TRL scores the tokens with transformers' fused LM head,
 # which sums the log-probabilities in another order than the model's own cross-entropy.
 PARITY_TOLERANCE = 1e-4
+
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """The mean cross-entropy over the labelled tokens (labels -100: prompt and padding are
+    not scored): the number `model(**batch).loss` gives, up to float rounding, for less work.
+    The output layer turns each position into vocabulary-sized logits, yet only the positions
+    that predict an answer token are scored: about 20 of the 77 of a batch of dates examples.
+    transformers' `logits_to_keep` computes the logits at those positions only; a LoRA training
+    step of the bundled model then takes about 3.6 s on 2 CPU cores instead of 4.8 s
+    (benchmarks/bench_answer_loss.py)."""
+    labels = batch["labels"][:, 1:]                                  # position t predicts token t + 1
+    keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)      # positions some row scores
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=keep).logits                       # (B, len(keep), vocab)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep].flatten(),
+                           ignore_index=IGNORE_INDEX)
 
 
 def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
@@ -87,7 +105,7 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                     crc = zlib.crc32(batch["input_ids"].numpy().tobytes(), crc)
                 batch = {k: v.to(run.device) for k, v in batch.items()}
                 with run.autocast():
-                    loss = model(**batch).loss              # labels -100 (prompt, padding) ignored
+                    loss = answer_loss(model, batch)        # model(**batch).loss: logits where scored
                 scaler.scale(loss / accum).backward()       # gradients add up over the micro-batches
                 loss_sum += loss.item() / accum
                 tokens += int(batch["attention_mask"].sum())
