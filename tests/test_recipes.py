@@ -23,7 +23,8 @@ NOT_TRAINING_ARGUMENTS = {"max_length": "TRL SFTConfig", "lora_r": "TRL ModelCon
                           "use_dora": "TRL ModelConfig", "loraplus_lr_ratio": "peft's create_loraplus_optimizer",
                           "stop_after": "the kit's own (end a session, resume later)",
                           "early_stopping_patience": "transformers' EarlyStoppingCallback",
-                          "early_stopping_threshold": "transformers' EarlyStoppingCallback"}
+                          "early_stopping_threshold": "transformers' EarlyStoppingCallback",
+                          "answer_logits_only": "the kit's own (transformers' logits_to_keep, at the answers)"}
 
 
 def test_every_knob_is_documented_once_and_its_default_valid():

@@ -6,7 +6,9 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from kit.arch import DEFAULT_LR
-from kit.engine.train import TrainConfig, finetune, linear_names, lr_at, precision, prepare_model
+from kit.engine.data import tokenize
+from kit.engine.data.batches import collate
+from kit.engine.train import TrainConfig, answer_loss, finetune, linear_names, lr_at, precision, prepare_model
 from kit.machine.device import make_profile
 from kit.machine.models import load_model
 
@@ -32,6 +34,42 @@ def tiny_shared():
 def tiny4():
     """tiny-llama with a 4-bit NF4 base (hidden 64 = one blocksize of 64); read-only use."""
     return load_model("tiny-llama", quantization="nf4")
+
+
+# ---------------------------------------------------------------------------- the loss
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_loss_from_the_answer_positions_is_the_models_own_loss(method):
+    """answer_loss computes logits only where a label is scored: the same loss and the same
+    gradients as model(**batch).loss, on a right-padded batch whose answers start at different
+    positions (so the kept positions are a union over rows, not one slice)."""
+    model, tok = load_model("tiny-llama")
+    model = prepare_model(model, method, TrainConfig(lora_dropout=0.0))
+    rows = doubling(n_train=4)["train"].map(lambda r, i: {"prompt": "Please " * (3 * i) + r["prompt"]},
+                                            with_indices=True)
+    batch = collate(list(tokenize(rows, tok)), tok.pad_token_id)
+    scored = (batch["labels"][:, 1:] != -100).any(0)
+    assert 0 < int(scored.sum()) < batch["labels"].shape[1] - 1       # some positions are skipped
+    losses, grads = [], []
+    for loss_of in (lambda: model(**batch).loss, lambda: answer_loss(model, batch)):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_the_loop_with_answer_logits_only_makes_the_same_run():
+    """answer_logits_only changes how the loss is computed, not the run: the same losses step by
+    step, up to float rounding; off (the default) the loop's loss is the model's own."""
+    runs = []
+    for only in (False, True):
+        model, tok = load_model("tiny-llama")
+        runs.append(finetune(model, tok, doubling(), "lora", learning_rate=3e-2, lora_dropout=0.0,
+                             answer_logits_only=only, **FAST).history)
+    assert runs[1].config["answer_logits_only"] and not runs[0].config["answer_logits_only"]
+    assert runs[1].losses == pytest.approx(runs[0].losses, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- losses fall

@@ -76,7 +76,7 @@ SECTIONS = {  # how a recipe file is laid out
              "n_val", "skip_bad_rows", "max_length"],
     "Training": ["max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "learning_rate", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
-                 "gradient_checkpointing", "optim", "train_sampling_strategy", "eval_steps",
+                 "gradient_checkpointing", "answer_logits_only", "optim", "train_sampling_strategy", "eval_steps",
                  "early_stopping_patience", "early_stopping_threshold", "seed", "disable_tqdm"],
     "LoRA adapters (method lora or qlora)": ["lora_r", "lora_alpha", "lora_dropout",
                                              "lora_target_modules", "use_rslora", "use_dora",

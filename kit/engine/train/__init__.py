@@ -8,7 +8,7 @@
 """
 from kit.engine.train.config import (RESUMABLE, SCHEDULES, FinetuneResult, History, TrainConfig,  # noqa: F401
                                      check_config, check_value, knob, with_overrides)
-from kit.engine.train.loop import PARITY_TOLERANCE, finetune  # noqa: F401
+from kit.engine.train.loop import PARITY_TOLERANCE, answer_loss, finetune  # noqa: F401
 from kit.engine.train.optim import (lr_at, make_optimizer, optimizer_class, peak_memory,  # noqa: F401
                                     precision)
 from kit.engine.train.prepare import is_4bit, linear_names, prepare_model  # noqa: F401

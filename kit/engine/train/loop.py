@@ -56,7 +56,8 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     that predict an answer token are scored: about 20 of the 77 of a batch of dates examples.
     transformers' `logits_to_keep` computes the logits at those positions only; a LoRA training
     step of the bundled model then takes about 3.6 s on 2 CPU cores instead of 4.8 s
-    (benchmarks/bench_answer_loss.py)."""
+    (benchmarks/bench_answer_loss.py). The loop uses it with `answer_logits_only=True` (the
+    study does); by default the loss is the model's own, bit for bit."""
     labels = batch["labels"][:, 1:]                                  # position t predicts token t + 1
     keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)      # positions some row scores
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -104,8 +105,8 @@ def finetune(model: nn.Module, tokenizer, data, method: str = "lora",
                 if trace_batches:                           # on the host copy: no GPU sync
                     crc = zlib.crc32(batch["input_ids"].numpy().tobytes(), crc)
                 batch = {k: v.to(run.device) for k, v in batch.items()}
-                with run.autocast():
-                    loss = answer_loss(model, batch)        # model(**batch).loss: logits where scored
+                with run.autocast():                        # labels -100 (prompt, padding) not scored
+                    loss = answer_loss(model, batch) if cfg.answer_logits_only else model(**batch).loss
                 scaler.scale(loss / accum).backward()       # gradients add up over the micro-batches
                 loss_sum += loss.item() / accum
                 tokens += int(batch["attention_mask"].sum())
