@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kit.arch import quantization  # noqa: E402
 from kit.engine.data import make_task, pad_token_id, tokenize  # noqa: E402
 from kit.engine.data.batches import collate  # noqa: E402
+from kit.engine.data.tokens import IGNORE_INDEX  # noqa: E402
 from kit.engine.train import TrainConfig, answer_loss, prepare_model  # noqa: E402
 from kit.machine.device import profile  # noqa: E402
 from kit.machine.models import load_model  # noqa: E402
@@ -62,7 +63,7 @@ def main() -> int:
         examples = list(tokenize(data["train"], tok))
         batches = [collate(examples[i:i + args.batch_size], pad_token_id(tok))
                    for i in range(0, len(examples), args.batch_size)]
-        scored = statistics.fmean(float((b["labels"][:, 1:] != -100).any(0).float().mean()) for b in batches)
+        scored = statistics.fmean(float((b["labels"][:, 1:] != IGNORE_INDEX).any(0).float().mean()) for b in batches)
         times = {way: [] for way in ways}
         rel_diff = 0.0
         for i, batch in enumerate(batches):           # the two ways alternate on each batch
