@@ -59,7 +59,8 @@ class TrainConfig:
     answer_logits_only: bool = knob(False, "compute the output layer's logits only at the positions the "
                                     "loss scores (the answers; kit.engine.train.answer_loss): the same "
                                     "loss up to float rounding, 8 to 18% less time per step of the "
-                                    "bundled model on a CPU (benchmarks/bench_answer_loss.py). Off, the loss is the model's own, bit for bit.")
+                                    "bundled model on a CPU (benchmarks/bench_answer_loss.py). Off, the "
+                                    "loss is the model's own, bit for bit.")
     optim: str = knob("adamw_torch", "adamw_torch (two fp32 moments, 8 bytes per trained parameter), "
                       "sgd (no state), adamw_8bit or paged_adamw_8bit (bitsandbytes, CUDA only: about 2 "
                       "bytes; paged: spills to CPU memory on spikes).", tuple(OPTIMIZERS))
